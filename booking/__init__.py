@@ -1,0 +1,1 @@
+"""booking: seats for hot evening classes, Redis as the gate and Postgres as the ledger."""

@@ -1,0 +1,101 @@
+"""The Litestar application: routes, error handling, and the lifespan that opens the stores."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import msgspec
+from litestar import Litestar, Response, get
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from redis.asyncio import Redis
+
+from booking import bookings, courses, venues
+from booking.auth import Authenticator
+from booking.context import Services, services
+from booking.db import create_pool
+from booking.errors import EXCEPTION_HANDLERS
+from booking.ledger import BookingLedger
+from booking.reconcile import CourseLoader, sweep_forever
+from booking.seats import SeatGate
+from booking.settings import ConfigError, Settings
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+@get("/health", operation_id="health", tags=["ops"])
+async def health() -> Health:
+    """The process is alive."""
+    return Health("ok")
+
+
+@get("/ready", operation_id="ready", tags=["ops"])
+async def ready(state: State) -> Response[dict[str, str]]:
+    """Redis and Postgres both answer."""
+    s = services(state)
+    try:
+        async with asyncio.timeout(2):
+            await s.gate.redis.ping()
+            await s.pool.fetchval("SELECT 1")
+    except Exception as exc:
+        body = {"code": "unavailable", "detail": f"A store does not answer: {type(exc).__name__}."}
+        return Response(body, status_code=503)
+    return Response({"status": "ready"})
+
+
+def open_redis(url: str, max_connections: int = 64) -> Redis:
+    return Redis.from_url(url, decode_responses=True, max_connections=max_connections,
+                          socket_timeout=5, socket_connect_timeout=5, health_check_interval=0)
+
+
+@contextlib.asynccontextmanager
+async def _stores(app: Litestar, settings: Settings) -> AsyncIterator[None]:
+    if not settings.database_url or not settings.redis_url:
+        raise ConfigError("DATABASE_URL and REDIS_URL must be set for the app; "
+                          "`booking serve` sets them for you.")
+    pool = await create_pool(settings.database_url, settings.db_pool_size)
+    redis = open_redis(settings.redis_url)
+    gate = SeatGate(redis)
+    ledger = BookingLedger(pool, gate)
+    ledger.start()
+    app.state.services = Services(
+        settings=settings, pool=pool, gate=gate, ledger=ledger,
+        loader=CourseLoader(pool, gate, settings.pending_timeout_s),
+        auth=Authenticator(settings.secret))
+    sweeper = asyncio.create_task(sweep_forever(pool, gate, settings.pending_timeout_s,
+                                                settings.reconcile_interval_s))
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        await ledger.close()
+        await redis.aclose()
+        await pool.close()
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """The ASGI app; settings come from the environment unless given (tests give them)."""
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    openapi = OpenAPIConfig(
+        title="booking", version="1.0.0", path="/schema",
+        description="Grab seats in hot evening classes; venues publish courses.",
+        components=Components(security_schemes={
+            "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}),
+        security=[{"bearer": []}],
+    )
+    return Litestar(
+        route_handlers=[health, ready, *venues.HANDLERS, *courses.HANDLERS, *bookings.HANDLERS],
+        lifespan=[lambda app: _stores(app, settings)],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        openapi_config=openapi,
+        request_max_body_size=MAX_BODY_BYTES,
+    )

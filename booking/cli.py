@@ -1,0 +1,212 @@
+"""The `booking` command: serve, db init, token, reconcile."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from booking.settings import ConfigError, Settings
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from booking.demo import DemoTerm
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except ConfigError as exc:
+        print(f"booking: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="booking", description=__doc__)
+    sub = parser.add_subparsers(title="commands")
+
+    serve = sub.add_parser("serve", help="run the HTTP service (embedded stores by default)")
+    serve.add_argument("--demo", action="store_true",
+                       help="load a demo term whose sales open a minute after start")
+    serve.add_argument("--host", help="listen address (BOOKING_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (BOOKING_PORT, default 8000)")
+    serve.add_argument("--workers", type=int,
+                       help="worker processes (BOOKING_WORKERS, default one per core)")
+    serve.set_defaults(run=_serve)
+
+    db = sub.add_parser("db", help="database commands")
+    db_sub = db.add_subparsers(title="db commands")
+    db_init = db_sub.add_parser("init", help="apply schema.sql (safe to repeat)")
+    db_init.set_defaults(run=_db_init)
+
+    token = sub.add_parser("token", help="print a bearer token signed with BOOKING_SECRET")
+    token.add_argument("role", choices=["resident", "venue", "operator"])
+    token.add_argument("id", nargs="?", help="resident id, or venue id for a venue token")
+    token.add_argument("--days", type=float, default=30, help="validity in days (default 30)")
+    token.set_defaults(run=_token)
+
+    reconcile = sub.add_parser("reconcile",
+                               help="rebuild the Redis seat counters from Postgres")
+    reconcile.set_defaults(run=_reconcile)
+    return parser
+
+
+@contextlib.contextmanager
+def stores(settings: Settings) -> Iterator[Settings]:
+    """The given stores, or private embedded ones when DATABASE_URL / REDIS_URL are unset."""
+    if settings.database_url and settings.redis_url:
+        yield settings
+        return
+    from booking.embedded import EmbeddedStores
+
+    print(f"Starting private Postgres and Redis under {settings.data_dir}/ ...", flush=True)
+    with EmbeddedStores(settings.data_dir) as embedded:
+        print(f"  DATABASE_URL={settings.database_url or embedded.database_url}")
+        print(f"  REDIS_URL={settings.redis_url or embedded.redis_url}", flush=True)
+        yield settings.with_urls(settings.database_url or embedded.database_url,
+                                 settings.redis_url or embedded.redis_url)
+
+
+async def _prepare(settings: Settings, *, demo: bool) -> None:
+    """Schema on an empty database, the demo term if asked, and a gate rebuilt from Postgres."""
+    from booking.app import open_redis
+    from booking.db import apply_schema, is_empty
+    from booking.demo import load_demo
+    from booking.reconcile import reconcile_all
+    from booking.seats import SeatGate
+
+    pool = await _connect(settings)
+    redis = open_redis(str(settings.redis_url))
+    try:
+        async with pool.acquire() as conn:
+            if await is_empty(conn):
+                print("Empty database: applying schema.sql")
+                await apply_schema(conn)
+            term = await load_demo(conn) if demo else None
+        report = await reconcile_all(pool, SeatGate(redis), settings.pending_timeout_s)
+        print(f"Seat gate rebuilt from Postgres: {report.courses} courses, "
+              f"{report.restored} bookings restored, {report.given_back} stale seats given back.")
+        if term is not None:
+            _print_demo(settings, term)
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
+async def _connect(settings: Settings) -> asyncpg.Pool:
+    from booking.db import create_pool
+
+    try:
+        return await create_pool(str(settings.database_url), 2)
+    except (OSError, ConnectionError) as exc:
+        raise ConfigError(f"Postgres at DATABASE_URL does not answer: {exc}.") from exc
+
+
+def _print_demo(settings: Settings, term: DemoTerm) -> None:
+    from booking.auth import mint
+
+    base = f"http://{settings.host}:{settings.port}"
+    resident = mint(settings.secret, "resident", "demo-resident-1")
+    hot = term.hot_course_ids[0] if term.hot_course_ids else 1
+    state = "loaded" if term.loaded else "already present, kept as it was"
+    print(f"""
+Demo term {state}. Sales open at {term.opens_at:%H:%M:%S} UTC (hot courses: {term.hot_course_ids}).
+  export TOKEN={resident}
+  curl -s {base}/v1/courses?available=true
+  curl -s {base}/v1/courses/{hot}
+  curl -s -X POST {base}/v1/courses/{hot}/bookings -H "Authorization: Bearer $TOKEN"
+  curl -s {base}/v1/me/bookings -H "Authorization: Bearer $TOKEN"
+More tokens: booking token resident <id> | booking token venue <venue id> | booking token operator
+""", flush=True)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = Settings.from_env()
+    overrides = {"BOOKING_HOST": args.host, "BOOKING_PORT": args.port,
+                 "BOOKING_WORKERS": args.workers}
+    env = {**os.environ, **{k: str(v) for k, v in overrides.items() if v is not None}}
+    settings = Settings.from_env(env)
+    with stores(settings) as ready:
+        asyncio.run(_prepare(ready, demo=args.demo))
+        os.environ.update(DATABASE_URL=str(ready.database_url), REDIS_URL=str(ready.redis_url),
+                          BOOKING_SECRET=ready.secret, BOOKING_DATA_DIR=str(ready.data_dir))
+        print(f"Serving on http://{ready.host}:{ready.port} with {ready.workers} worker(s); "
+              f"OpenAPI at /schema. Ctrl-C stops.", flush=True)
+        uvicorn.run("booking.app:create_app", factory=True, host=ready.host, port=ready.port,
+                    workers=ready.workers, access_log=False, log_level="warning",
+                    loop="uvloop", http="httptools", backlog=4096)
+    return 0
+
+
+def _db_init(_: argparse.Namespace) -> int:
+    from booking.db import apply_schema
+
+    async def run(settings: Settings) -> None:
+        pool = await _connect(settings)
+        try:
+            async with pool.acquire() as conn:
+                await apply_schema(conn)
+        finally:
+            await pool.close()
+
+    with stores(Settings.from_env()) as ready:
+        asyncio.run(run(ready))
+    print("Schema applied.")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from booking.auth import mint
+
+    settings = Settings.from_env()
+    if args.role == "operator":
+        print(mint(settings.secret, "operator", args.id or "operator", days=args.days))
+        return 0
+    if not args.id:
+        print(f"booking: a {args.role} token needs an id, e.g. `booking token {args.role} 1`.",
+              file=sys.stderr)
+        return 2
+    if args.role == "venue":
+        if not args.id.isdigit() or int(args.id) < 1:
+            print("booking: a venue id is a positive whole number.", file=sys.stderr)
+            return 2
+        print(mint(settings.secret, "venue", f"venue-{args.id}", venue_id=int(args.id),
+                   days=args.days))
+        return 0
+    print(mint(settings.secret, "resident", args.id, days=args.days))
+    return 0
+
+
+def _reconcile(_: argparse.Namespace) -> int:
+    from booking.app import open_redis
+    from booking.reconcile import reconcile_all
+    from booking.seats import SeatGate
+
+    async def run(settings: Settings) -> None:
+        pool = await _connect(settings)
+        redis = open_redis(str(settings.redis_url))
+        try:
+            report = await reconcile_all(pool, SeatGate(redis), settings.pending_timeout_s)
+        finally:
+            await redis.aclose()
+            await pool.close()
+        print(f"Reconciled {report.courses} courses: {report.restored} bookings restored, "
+              f"{report.given_back} seats given back.")
+
+    with stores(Settings.from_env()) as ready:
+        asyncio.run(run(ready))
+    return 0

@@ -1,0 +1,238 @@
+"""Courses: published by venues, listed publicly with live seat counts from the gate."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import asyncpg
+import msgspec
+from litestar import Request, get, patch, post
+from litestar.datastructures import State
+from litestar.params import Parameter
+
+from booking.auth import Principal
+from booking.context import Services, services
+from booking.errors import ApiError, forbidden, not_found
+
+MAX_CAPACITY = 10_000
+MAX_PRICE_CENTS = 10_000_000
+MAX_ID = 2**63 - 1
+CourseId = Annotated[int, Parameter(ge=1, le=MAX_ID, description="Course id")]
+
+ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Category = Annotated[str, msgspec.Meta(min_length=1, max_length=60)]
+Description = Annotated[str, msgspec.Meta(max_length=5000)]
+Moment = Annotated[datetime, msgspec.Meta(tz=True)]
+Capacity = Annotated[int, msgspec.Meta(ge=1, le=MAX_CAPACITY)]
+Price = Annotated[int, msgspec.Meta(ge=0, le=MAX_PRICE_CENTS)]
+
+
+class CourseIn(msgspec.Struct, forbid_unknown_fields=True):
+    title: ShortText
+    category: Category
+    teacher: ShortText
+    starts_at: Moment
+    ends_at: Moment
+    capacity: Capacity
+    sales_open_at: Moment
+    description: Description = ""
+    price_cents: Price = 0
+    venue_id: Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)] | None = None
+
+
+class CoursePatch(msgspec.Struct, forbid_unknown_fields=True):
+    title: ShortText | msgspec.UnsetType = msgspec.UNSET
+    category: Category | msgspec.UnsetType = msgspec.UNSET
+    teacher: ShortText | msgspec.UnsetType = msgspec.UNSET
+    description: Description | msgspec.UnsetType = msgspec.UNSET
+    starts_at: Moment | msgspec.UnsetType = msgspec.UNSET
+    ends_at: Moment | msgspec.UnsetType = msgspec.UNSET
+    capacity: Capacity | msgspec.UnsetType = msgspec.UNSET
+    price_cents: Price | msgspec.UnsetType = msgspec.UNSET
+    sales_open_at: Moment | msgspec.UnsetType = msgspec.UNSET
+    status: Literal["cancelled"] | msgspec.UnsetType = msgspec.UNSET
+
+
+class CourseOut(msgspec.Struct):
+    id: int
+    venue_id: int
+    title: str
+    category: str
+    teacher: str
+    description: str
+    starts_at: datetime
+    ends_at: datetime
+    capacity: int
+    price_cents: int
+    sales_open_at: datetime
+    status: str
+    district: str
+    seats_left: int
+
+
+class CoursePage(msgspec.Struct):
+    items: list[CourseOut]
+    next_offset: int | None
+
+
+COLUMNS = """c.id, c.venue_id, c.title, c.category, c.teacher, c.description, c.starts_at,
+c.ends_at, c.capacity, c.price_cents, c.sales_open_at, c.status, v.district"""
+SELECT_COURSE = f"""
+SELECT {COLUMNS} FROM courses c JOIN venues v ON v.id = c.venue_id WHERE c.id = $1
+"""
+INSERT_COURSE = """
+INSERT INTO courses (venue_id, title, category, teacher, description, starts_at, ends_at,
+                     capacity, price_cents, sales_open_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id
+"""
+CANCEL_COURSE_BOOKINGS = """
+UPDATE bookings SET status = 'cancelled', cancelled_at = now()
+WHERE course_id = $1 AND status = 'confirmed'
+"""
+PATCHABLE = ("title", "category", "teacher", "description", "starts_at", "ends_at", "capacity",
+             "price_cents", "sales_open_at", "status")
+LIST_FILTERS = {"venue_id", "district", "category", "available", "limit", "offset"}
+
+# Constraint violations that are the caller's doing, as the answer they get.
+CONSTRAINT_ERRORS = {
+    "courses_not_oversold": (409, "capacity_below_bookings",
+                             "Capacity cannot go below the number of active bookings."),
+    "courses_ends_after_start": (400, "invalid", "ends_at must be after starts_at."),
+    "courses_sales_open_before_start": (400, "invalid",
+                                        "sales_open_at must not be after starts_at."),
+    "courses_venue_id_fkey": (404, "not_found", "No venue with that id."),
+}
+
+
+def constraint_error(exc: asyncpg.IntegrityConstraintViolationError) -> ApiError:
+    known = CONSTRAINT_ERRORS.get(getattr(exc, "constraint_name", None) or "")
+    if known is None:
+        raise exc
+    return ApiError(*known)
+
+
+def course_out(row: asyncpg.Record, seats_left: int | None) -> CourseOut:
+    left = 0 if row["status"] != "published" or seats_left is None else seats_left
+    return CourseOut(**dict(row), seats_left=left)
+
+
+async def live_seats(s: Services, course_ids: list[int]) -> list[int | None]:
+    """Seats left from the gate, loading any course the gate does not know yet."""
+    counts = await s.gate.seats_left(course_ids)
+    for i, count in enumerate(counts):
+        if count is None:
+            loaded = await s.loader.load(course_ids[i])
+            counts[i] = None if loaded is None else max(loaded.seats_left, 0)
+    return counts
+
+
+async def fetch_course(s: Services, course_id: int) -> asyncpg.Record:
+    row = await s.pool.fetchrow(SELECT_COURSE, course_id)
+    if row is None:
+        raise not_found("course")
+    return row
+
+
+def check_owner(who: Principal, venue_id: int) -> None:
+    if who.role == "venue" and who.venue_id != venue_id:
+        raise forbidden("This course belongs to another venue.")
+
+
+@post("/v1/courses", operation_id="createCourse", tags=["courses"])
+async def create_course(request: Request, state: State, data: CourseIn) -> CourseOut:
+    """Publish a course. A venue publishes for itself; an operator names the venue_id."""
+    s = services(state)
+    who = s.auth.require(request, "venue", "operator")
+    venue_id = who.venue_id if who.role == "venue" else data.venue_id
+    if venue_id is None:
+        raise ApiError(400, "invalid", "An operator must give venue_id.")
+    if who.role == "venue" and data.venue_id not in (None, who.venue_id):
+        raise forbidden("A venue can publish courses only for itself.")
+    try:
+        course_id = await s.pool.fetchval(
+            INSERT_COURSE, venue_id, data.title, data.category, data.teacher, data.description,
+            data.starts_at, data.ends_at, data.capacity, data.price_cents, data.sales_open_at)
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        raise constraint_error(exc) from exc
+    loaded = await s.loader.load(course_id)
+    return course_out(await fetch_course(s, course_id), loaded.seats_left if loaded else None)
+
+
+@get("/v1/courses", operation_id="listCourses", tags=["courses"])
+async def list_courses(
+    request: Request,
+    state: State,
+    venue_id: Annotated[int | None, Parameter(ge=1, le=MAX_ID)] = None,
+    district: Annotated[str | None, Parameter(max_length=100)] = None,
+    category: Annotated[str | None, Parameter(max_length=60)] = None,
+    available: bool | None = None,
+    limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+    offset: Annotated[int, Parameter(ge=0, le=1_000_000)] = 0,
+) -> CoursePage:
+    """Courses with live seats_left, soonest first; `available=true` keeps those with seats."""
+    unknown = set(request.query_params) - LIST_FILTERS
+    if unknown:
+        raise ApiError(400, "invalid", f"Unknown query parameter: {', '.join(sorted(unknown))}.")
+    s = services(state)
+    where, args = ["TRUE"], []
+    for column, value in (("c.venue_id", venue_id), ("v.district", district),
+                          ("c.category", category)):
+        if value is not None:
+            args.append(value)
+            where.append(f"{column} = ${len(args)}")
+    if available:
+        where.append("c.status = 'published' AND c.active_bookings < c.capacity")
+    elif available is False:
+        where.append("NOT (c.status = 'published' AND c.active_bookings < c.capacity)")
+    args += [limit + 1, offset]
+    rows = await s.pool.fetch(
+        f"SELECT {COLUMNS} FROM courses c JOIN venues v ON v.id = c.venue_id "
+        f"WHERE {' AND '.join(where)} ORDER BY c.starts_at, c.id "
+        f"LIMIT ${len(args) - 1} OFFSET ${len(args)}", *args)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    counts = await live_seats(s, [row["id"] for row in rows])
+    items = [course_out(row, count) for row, count in zip(rows, counts, strict=True)]
+    return CoursePage(items=items, next_offset=offset + limit if more else None)
+
+
+@get("/v1/courses/{course_id:int}", operation_id="getCourse", tags=["courses"])
+async def get_course(state: State, course_id: CourseId) -> CourseOut:
+    """One course with its live seats_left."""
+    s = services(state)
+    row = await fetch_course(s, course_id)
+    (count,) = await live_seats(s, [course_id])
+    return course_out(row, count)
+
+
+@patch("/v1/courses/{course_id:int}", operation_id="updateCourse", tags=["courses"])
+async def update_course(request: Request, state: State, course_id: CourseId,
+                        data: CoursePatch) -> CourseOut:
+    """Change a course: capacity (never below active bookings), times, texts, or cancel it."""
+    s = services(state)
+    who = s.auth.require(request, "venue", "operator")
+    changes = {name: getattr(data, name) for name in PATCHABLE
+               if getattr(data, name) is not msgspec.UNSET}
+    async with s.pool.acquire() as conn, conn.transaction():
+        current = await conn.fetchrow(
+            "SELECT venue_id, status FROM courses WHERE id = $1 FOR UPDATE", course_id)
+        if current is None:
+            raise not_found("course")
+        check_owner(who, current["venue_id"])
+        if current["status"] == "cancelled" and changes:
+            raise ApiError(409, "course_cancelled", "This course is cancelled.")
+        if changes:
+            sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=2))
+            try:
+                await conn.execute(f"UPDATE courses SET {sets}, updated_at = now() WHERE id = $1",
+                                   course_id, *changes.values())
+            except asyncpg.IntegrityConstraintViolationError as exc:
+                raise constraint_error(exc) from exc
+            if changes.get("status") == "cancelled":
+                await conn.execute(CANCEL_COURSE_BOOKINGS, course_id)
+    loaded = await s.loader.load(course_id)
+    return course_out(await fetch_course(s, course_id), loaded.seats_left if loaded else None)
+
+
+HANDLERS = [create_course, list_courses, get_course, update_course]

@@ -1,0 +1,39 @@
+"""Postgres: the connection pool and the schema."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import asyncpg
+
+STATEMENT_TIMEOUT_MS = 5_000
+
+
+def schema_sql() -> str:
+    """schema.sql from the repository (editable install) or from the installed package."""
+    beside_repo = Path(__file__).resolve().parent.parent / "schema.sql"
+    if beside_repo.exists():
+        return beside_repo.read_text()
+    return resources.files("booking").joinpath("schema.sql").read_text()
+
+
+async def create_pool(database_url: str, size: int) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        database_url,
+        min_size=min(2, size),
+        max_size=size,
+        command_timeout=STATEMENT_TIMEOUT_MS / 1000,
+        server_settings={"statement_timeout": str(STATEMENT_TIMEOUT_MS),
+                         "application_name": "booking"},
+    )
+
+
+async def is_empty(conn: asyncpg.Connection) -> bool:
+    return await conn.fetchval("SELECT to_regclass('bookings') IS NULL")
+
+
+async def apply_schema(conn: asyncpg.Connection) -> None:
+    """Apply schema.sql; safe on a database that already has it."""
+    await conn.execute("SET client_min_messages = warning")
+    await conn.execute(schema_sql())

@@ -1,0 +1,69 @@
+"""A demo term: 26 teaching points, 60 courses, a few very hot ones, sales opening soon."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+DISTRICTS = ["东城 Dongcheng", "西城 Xicheng", "朝阳 Chaoyang", "海淀 Haidian",
+             "丰台 Fengtai", "石景山 Shijingshan"]
+CLASSES = [
+    ("书法入门 Calligraphy for beginners", "calligraphy"),
+    ("AI 入门 AI for beginners", "technology"),
+    ("民谣吉他 Folk guitar", "music"),
+    ("茶艺 Tea art", "culture"),
+    ("智能手机课 Smartphone basics", "technology"),
+    ("国画 Chinese painting", "art"),
+    ("太极拳 Tai chi", "fitness"),
+    ("摄影 Photography", "art"),
+    ("英语口语 Spoken English", "language"),
+    ("烘焙 Baking", "cooking"),
+]
+HOT_COURSES = 6
+HOT_SEATS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class DemoTerm:
+    venues: int
+    courses: int
+    hot_course_ids: list[int]
+    opens_at: datetime
+    loaded: bool  # False when the database already had data and was left as it was
+
+
+async def load_demo(conn: asyncpg.Connection, opens_in_s: float = 60,
+                    venues: int = 26, courses: int = 60) -> DemoTerm:
+    """Load the demo term into an empty database; leave a database with venues alone."""
+    opens_at = datetime.now(UTC) + timedelta(seconds=opens_in_s)
+    if await conn.fetchval("SELECT count(*) FROM venues"):
+        hot = await conn.fetch("SELECT id FROM courses WHERE capacity = $1 ORDER BY id LIMIT $2",
+                               HOT_SEATS, HOT_COURSES)
+        return DemoTerm(0, 0, [r["id"] for r in hot], opens_at, loaded=False)
+    rng = random.Random(2026)
+    async with conn.transaction():
+        venue_ids = []
+        for i in range(venues):
+            district = DISTRICTS[i % len(DISTRICTS)]
+            venue_ids.append(await conn.fetchval(
+                "INSERT INTO venues (name, district, address, lat, lon) "
+                "VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                f"教学点 {i + 1} Teaching point {i + 1}", district,
+                f"{district.split()[1]} Road {10 + i}", 39.9 + rng.uniform(-0.1, 0.1),
+                116.4 + rng.uniform(-0.1, 0.1)))
+        course_ids = []
+        for i in range(courses):
+            title, category = CLASSES[i % len(CLASSES)]
+            starts = opens_at + timedelta(days=7 + i % 14, hours=11)
+            capacity = HOT_SEATS if i < HOT_COURSES else rng.choice([25, 30, 40])
+            course_ids.append(await conn.fetchval(
+                "INSERT INTO courses (venue_id, title, category, teacher, description, "
+                "starts_at, ends_at, capacity, price_cents, sales_open_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9) RETURNING id",
+                venue_ids[i % len(venue_ids)], title, category, f"Teacher {i + 1}",
+                "An evening class of the city night school.", starts,
+                starts + timedelta(hours=2), capacity, opens_at))
+    return DemoTerm(venues, courses, course_ids[:HOT_COURSES], opens_at, loaded=True)

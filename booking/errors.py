@@ -1,0 +1,118 @@
+"""Every error leaves the service as JSON `{code, detail}`; this module says how, in one place."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from redis.exceptions import RedisError
+
+log = logging.getLogger("booking")
+
+
+class ApiError(Exception):
+    """A domain answer that is not a success: status, machine-readable code, human sentence."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.code = code
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, "not_found", f"No {what} with that id.")
+
+
+def forbidden(detail: str) -> ApiError:
+    return ApiError(403, "forbidden", detail)
+
+
+def unavailable(detail: str = "The service is briefly unavailable; please try again.") -> ApiError:
+    return ApiError(503, "unavailable", detail, headers={"Retry-After": "1"})
+
+
+_CODES_BY_STATUS = {
+    400: "invalid",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def _json(status: int, code: str, detail: str, headers: dict[str, str] | None = None,
+          extra: dict[str, Any] | None = None) -> Response[dict[str, Any]]:
+    body = {"code": code, "detail": detail, **(extra or {})}
+    return Response(body, status_code=status, headers=headers, media_type=MediaType.JSON)
+
+
+def _api_error(_: Request, exc: ApiError) -> Response[dict[str, Any]]:
+    return _json(exc.status_code, exc.code, exc.detail, exc.headers, exc.extra)
+
+
+def _validation_error(_: Request, exc: ValidationException) -> Response[dict[str, Any]]:
+    messages = []
+    for item in exc.extra or []:
+        if isinstance(item, dict):
+            where = f" ({item['key']})" if item.get("key") else ""
+            messages.append(f"{item.get('message', 'invalid value')}{where}")
+    detail = "; ".join(messages) or f"The request could not be read: {exc.detail}"
+    if not detail.endswith("."):
+        detail += "."
+    return _json(400, "invalid", detail)
+
+
+def _http_error(_: Request, exc: HTTPException) -> Response[dict[str, Any]]:
+    status = exc.status_code
+    if status >= 500:
+        log.error("http error %s: %s", status, exc.detail)
+        return _json(status, "internal", "Something went wrong on our side.")
+    code = _CODES_BY_STATUS.get(status, "error")
+    detail = str(exc.detail)
+    if status == 404:
+        detail = "No such resource."
+    elif status == 413:
+        detail = "The request body is too large."
+    return _json(status, code, detail, exc.headers)
+
+
+def _store_down(_: Request, exc: Exception) -> Response[dict[str, Any]]:
+    log.warning("store unavailable: %s: %s", type(exc).__name__, exc)
+    error = unavailable()
+    return _json(error.status_code, error.code, error.detail, error.headers)
+
+
+def _unexpected(_: Request, exc: Exception) -> Response[dict[str, Any]]:
+    log.exception("unexpected error", exc_info=exc)
+    return _json(500, "internal", "Something went wrong on our side.")
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: _api_error,
+    ValidationException: _validation_error,
+    HTTPException: _http_error,
+    RedisError: _store_down,
+    asyncpg.PostgresError: _store_down,
+    asyncpg.InterfaceError: _store_down,
+    OSError: _store_down,
+    TimeoutError: _store_down,
+    Exception: _unexpected,
+}

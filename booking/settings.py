@@ -1,0 +1,91 @@
+"""Configuration, read once from the environment into one frozen object."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message is one sentence meant for the person starting us."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None
+    redis_url: str | None
+    secret: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    data_dir: Path = Path(".booking")
+    pending_timeout_s: float = 30.0
+    reconcile_interval_s: float = 5.0
+    db_pool_size: int = 8
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        data_dir = Path(env.get("BOOKING_DATA_DIR", ".booking"))
+        database_url = _url(env, "DATABASE_URL", ("postgres://", "postgresql://"))
+        redis_url = _url(env, "REDIS_URL", ("redis://", "rediss://", "unix://"))
+        secret = env.get("BOOKING_SECRET") or _stored_secret(data_dir)
+        if len(secret) < 16:
+            raise ConfigError("BOOKING_SECRET must be at least 16 characters long.")
+        return cls(
+            database_url=database_url,
+            redis_url=redis_url,
+            secret=secret,
+            host=env.get("BOOKING_HOST", "127.0.0.1"),
+            port=_int(env, "BOOKING_PORT", 8000, 1, 65535),
+            workers=_int(env, "BOOKING_WORKERS", os.cpu_count() or 1, 1, 256),
+            data_dir=data_dir,
+            pending_timeout_s=_int(env, "BOOKING_PENDING_TIMEOUT", 30, 5, 3600),
+            reconcile_interval_s=_int(env, "BOOKING_RECONCILE_INTERVAL", 5, 1, 3600),
+            db_pool_size=_int(env, "BOOKING_DB_POOL_SIZE", 8, 2, 200),
+        )
+
+    def with_urls(self, database_url: str, redis_url: str) -> Settings:
+        return replace(self, database_url=database_url, redis_url=redis_url)
+
+
+def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    if not value.startswith(schemes):
+        raise ConfigError(f"{name} must start with {' or '.join(schemes)}, got {value[:40]!r}.")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {raw!r}.")
+    return value
+
+
+def _stored_secret(data_dir: Path) -> str:
+    """Without BOOKING_SECRET, keep a random one in the data folder so tokens survive restarts."""
+    path = data_dir / "secret"
+    try:
+        if path.exists():
+            return path.read_text().strip()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(32)
+        path.write_text(value + "\n")
+        path.chmod(0o600)
+        return value
+    except OSError as exc:
+        raise ConfigError(
+            f"BOOKING_SECRET is unset and no secret could be kept in {data_dir}: {exc.strerror}."
+        ) from exc

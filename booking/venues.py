@@ -1,0 +1,58 @@
+"""Venues: the teaching points that publish courses."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar import Request, get, post
+from litestar.datastructures import State
+
+from booking.context import services
+
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class VenueIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: Text
+    district: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    address: Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
+    lat: Annotated[float, msgspec.Meta(ge=-90, le=90)]
+    lon: Annotated[float, msgspec.Meta(ge=-180, le=180)]
+
+
+class VenueOut(msgspec.Struct):
+    id: int
+    name: str
+    district: str
+    address: str
+    lat: float
+    lon: float
+
+
+COLUMNS = "id, name, district, address, lat, lon"
+INSERT_VENUE = f"""
+INSERT INTO venues (name, district, address, lat, lon) VALUES ($1, $2, $3, $4, $5)
+RETURNING {COLUMNS}
+"""
+LIST_VENUES = f"SELECT {COLUMNS} FROM venues ORDER BY id LIMIT 1000"
+
+
+@post("/v1/venues", operation_id="createVenue", tags=["venues"])
+async def create_venue(request: Request, state: State, data: VenueIn) -> VenueOut:
+    """Add a teaching point (operators only)."""
+    s = services(state)
+    s.auth.require(request, "operator")
+    row = await s.pool.fetchrow(INSERT_VENUE, data.name, data.district, data.address,
+                                data.lat, data.lon)
+    return VenueOut(**dict(row))
+
+
+@get("/v1/venues", operation_id="listVenues", tags=["venues"])
+async def list_venues(state: State) -> list[VenueOut]:
+    """All teaching points (public)."""
+    rows = await services(state).pool.fetch(LIST_VENUES)
+    return [VenueOut(**dict(row)) for row in rows]
+
+
+HANDLERS = [create_venue, list_venues]
