@@ -33,8 +33,8 @@ class Settings:
         database_url = _url(env, "DATABASE_URL", ("postgres://", "postgresql://"))
         redis_url = _url(env, "REDIS_URL", ("redis://", "rediss://", "unix://"))
         secret = env.get("BOOKING_SECRET") or _stored_secret(data_dir)
-        if len(secret) < 16:
-            raise ConfigError("BOOKING_SECRET must be at least 16 characters long.")
+        if len(secret) < 32:
+            raise ConfigError("BOOKING_SECRET must be at least 32 characters long.")
         return cls(
             database_url=database_url,
             redis_url=redis_url,

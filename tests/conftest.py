@@ -1,0 +1,184 @@
+"""Real Postgres, real Redis, real server processes.
+
+With DATABASE_URL and REDIS_URL set, the tests use those stores (and flush that Redis
+database); otherwise they start private ones from the pip-installed binaries. The service runs
+as `python -m booking serve` with two workers, exactly as a user would start it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from booking.auth import mint
+from booking.db import apply_schema
+from booking.embedded import EmbeddedStores
+
+SECRET = "test-secret-that-is-long-enough-for-hs256"
+
+
+@dataclass(frozen=True)
+class Stores:
+    database_url: str
+    redis_url: str
+
+
+@pytest.fixture(scope="session")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
+    if os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"):
+        yield Stores(os.environ["DATABASE_URL"], os.environ["REDIS_URL"])
+        return
+    with EmbeddedStores(tmp_path_factory.mktemp("stores")) as embedded:
+        yield Stores(embedded.database_url, embedded.redis_url)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def db(stores: Stores) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=10)
+    async with pool.acquire() as conn:
+        await apply_schema(conn)
+    yield pool
+    await pool.close()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def redis(stores: Stores) -> AsyncIterator[Redis]:
+    client = Redis.from_url(stores.redis_url, decode_responses=True)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def service_env(stores: Stores, data_dir: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "DATABASE_URL": stores.database_url, "REDIS_URL": stores.redis_url,
+            "BOOKING_SECRET": SECRET, "BOOKING_DATA_DIR": str(data_dir),
+            "BOOKING_PENDING_TIMEOUT": "5", "BOOKING_RECONCILE_INTERVAL": "1", **extra}
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "booking", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def server(stores: Stores, db: asyncpg.Pool, redis: Redis,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = service_env(stores, log.parent, BOOKING_PORT=str(port), BOOKING_WORKERS="2")
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "booking", "serve"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the service did not start:\n{log.read_text()}")
+        time.sleep(0.2)
+    yield base
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def http(server: str) -> AsyncIterator[httpx.AsyncClient]:
+    limits = httpx.Limits(max_connections=600, max_keepalive_connections=600)
+    async with httpx.AsyncClient(base_url=server, limits=limits, timeout=30) as client:
+        yield client
+
+
+def auth(role: str, sub: str, venue_id: int | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint(SECRET, role, sub, venue_id=venue_id)}"}
+
+
+OPERATOR = auth("operator", "ops")
+
+
+def resident(name: str) -> dict[str, str]:
+    return auth("resident", name)
+
+
+_counter = iter(range(1, 10**9))
+
+
+def unique(prefix: str) -> str:
+    """Names unique within this test run, so tests never see each other's residents."""
+    return f"{prefix}-{os.getpid()}-{next(_counter)}"
+
+
+async def make_venue(http: httpx.AsyncClient, district: str = "Haidian") -> int:
+    body = {"name": unique("venue"), "district": district, "address": "1 Test Road",
+            "lat": 39.9, "lon": 116.4}
+    response = await http.post("/v1/venues", json=body, headers=OPERATOR)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def course_body(venue_id: int, capacity: int, opens_in_s: float = -1,
+                **extra: Any) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {"title": unique("course"), "category": "music", "teacher": "Ms Li",
+            "starts_at": (now + timedelta(days=7)).isoformat(),
+            "ends_at": (now + timedelta(days=7, hours=2)).isoformat(),
+            "capacity": capacity,
+            "sales_open_at": (now + timedelta(seconds=opens_in_s)).isoformat(),
+            "venue_id": venue_id, **extra}
+
+
+async def make_course(http: httpx.AsyncClient, capacity: int, opens_in_s: float = -1,
+                      venue_id: int | None = None, **extra: Any) -> dict[str, Any]:
+    venue_id = venue_id or await make_venue(http)
+    response = await http.post("/v1/courses", json=course_body(venue_id, capacity, opens_in_s,
+                                                               **extra), headers=OPERATOR)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def grab(http: httpx.AsyncClient, course_id: int, who: str) -> httpx.Response:
+    return await http.post(f"/v1/courses/{course_id}/bookings", headers=resident(who))
+
+
+async def active_rows(db: asyncpg.Pool, course_id: int) -> int:
+    return await db.fetchval(
+        "SELECT count(*) FROM bookings WHERE course_id = $1 AND status = 'confirmed'", course_id)
+
+
+async def gate_left(redis: Redis, course_id: int) -> int:
+    return int(await redis.hget(f"course:{{{course_id}}}:info", "left"))
+
+
+async def wait_for(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.2)

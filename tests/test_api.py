@@ -1,0 +1,263 @@
+"""API v1 as a resident, a venue and an operator see it: answers, codes and refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import jwt
+import pytest
+from conftest import (
+    OPERATOR,
+    SECRET,
+    active_rows,
+    auth,
+    course_body,
+    grab,
+    make_course,
+    make_venue,
+    resident,
+    run_cli,
+    service_env,
+    unique,
+)
+
+
+async def test_grab_before_sales_open_says_when(http):
+    course = await make_course(http, capacity=5, opens_in_s=3600)
+    answer = await grab(http, course["id"], unique("early-bird"))
+    assert answer.status_code == 409
+    assert answer.json()["code"] == "not_open"
+    assert answer.json()["opens_at"].startswith(course["sales_open_at"][:16])
+    assert 3500 <= int(answer.headers["retry-after"]) <= 3600
+
+
+async def test_sales_open_on_the_servers_clock(http):
+    course = await make_course(http, capacity=5, opens_in_s=1.5)
+    who = unique("patient")
+    assert (await grab(http, course["id"], who)).json()["code"] == "not_open"
+    await asyncio.sleep(2)
+    assert (await grab(http, course["id"], who)).status_code == 201
+
+
+async def test_unknown_course_is_404(http):
+    answer = await grab(http, 987654321, unique("lost"))
+    assert answer.status_code == 404 and answer.json()["code"] == "not_found"
+
+
+async def test_cancelled_course_refuses_grabs_and_frees_its_bookings(http, db):
+    course = await make_course(http, capacity=5)
+    await grab(http, course["id"], unique("booked"))
+    cancelled = await http.patch(f"/v1/courses/{course['id']}", json={"status": "cancelled"},
+                                 headers=OPERATOR)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    answer = await grab(http, course["id"], unique("hopeful"))
+    assert answer.status_code == 409 and answer.json()["code"] == "course_cancelled"
+    assert await active_rows(db, course["id"]) == 0
+
+
+async def test_capacity_change_never_below_bookings_and_added_seats_grabbable(http, db):
+    course = await make_course(http, capacity=2)
+    for _ in range(2):
+        assert (await grab(http, course["id"], unique("r"))).status_code == 201
+    url = f"/v1/courses/{course['id']}"
+
+    too_small = await http.patch(url, json={"capacity": 1}, headers=OPERATOR)
+    bigger = await http.patch(url, json={"capacity": 3}, headers=OPERATOR)
+
+    assert too_small.status_code == 409 and too_small.json()["code"] == "capacity_below_bookings"
+    assert bigger.status_code == 200 and bigger.json()["seats_left"] == 1
+    assert (await grab(http, course["id"], unique("newcomer"))).status_code == 201
+    assert (await grab(http, course["id"], unique("toolate"))).json()["code"] == "sold_out"
+    assert await active_rows(db, course["id"]) == 3
+
+
+async def test_moving_the_opening_applies_at_once(http):
+    course = await make_course(http, capacity=2, opens_in_s=3600)
+    url = f"/v1/courses/{course['id']}"
+    moved = await http.patch(url, json={"sales_open_at": "2020-01-01T00:00:00Z"},
+                             headers=OPERATOR)
+    assert moved.status_code == 200
+    assert (await grab(http, course["id"], unique("r"))).status_code == 201
+
+
+async def test_course_list_filters_and_pages(http):
+    venue = await make_venue(http, district=unique("district"))
+    full = await make_course(http, capacity=1, venue_id=venue, category="tea")
+    free = await make_course(http, capacity=3, venue_id=venue, category="tea")
+    await make_course(http, capacity=3, venue_id=venue, category="guitar")
+    await grab(http, full["id"], unique("r"))
+
+    tea = (await http.get("/v1/courses", params={"venue_id": venue, "category": "tea"})).json()
+    open_ = (await http.get("/v1/courses", params={"venue_id": venue, "available": "true"}))
+    page = (await http.get("/v1/courses", params={"venue_id": venue, "limit": 2})).json()
+
+    assert {c["id"] for c in tea["items"]} == {full["id"], free["id"]}
+    assert {c["id"]: c["seats_left"] for c in tea["items"]} == {full["id"]: 0, free["id"]: 3}
+    assert full["id"] not in {c["id"] for c in open_.json()["items"]}
+    assert len(open_.json()["items"]) == 2
+    assert len(page["items"]) == 2 and page["next_offset"] == 2
+    rest = (await http.get("/v1/courses", params={"venue_id": venue, "offset": 2})).json()
+    assert len(rest["items"]) == 1 and rest["next_offset"] is None
+
+
+async def test_rosters_and_my_bookings(http):
+    venue = await make_venue(http)
+    course = await make_course(http, capacity=5, venue_id=venue)
+    who = unique("student")
+    booking = (await grab(http, course["id"], who)).json()
+
+    roster = await http.get(f"/v1/courses/{course['id']}/bookings",
+                            headers=auth("venue", "v", venue_id=venue))
+    mine = await http.get("/v1/me/bookings", headers=resident(who))
+
+    assert roster.status_code == 200 and [b["id"] for b in roster.json()] == [booking["id"]]
+    assert mine.json() == [booking]
+
+
+# --- authorisation -------------------------------------------------------------------------
+
+async def test_no_token_is_401(http):
+    course = await make_course(http, capacity=1)
+    answer = await http.post(f"/v1/courses/{course['id']}/bookings")
+    assert answer.status_code == 401 and answer.json()["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize("token", [
+    jwt.encode({"sub": "x", "role": "resident"}, "another-secret-of-thirty-two-bytes!!",
+               algorithm="HS256"),
+    jwt.encode({"sub": "x", "role": "resident"}, None, algorithm="none"),
+    jwt.encode({"sub": "x", "role": "resident", "exp": 1}, SECRET, algorithm="HS256"),
+    jwt.encode({"role": "resident"}, SECRET, algorithm="HS256"),
+    jwt.encode({"sub": "x", "role": "king"}, SECRET, algorithm="HS256"),
+    "not-a-token",
+])
+async def test_bad_tokens_are_401(http, token):
+    answer = await http.get("/v1/me/bookings", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 401 and answer.json()["code"] == "unauthorized"
+
+
+async def test_resident_cannot_cancel_anothers_booking(http, db):
+    course = await make_course(http, capacity=2)
+    owner = unique("owner")
+    booking = (await grab(http, course["id"], owner)).json()
+    answer = await http.delete(f"/v1/bookings/{booking['id']}", headers=resident(unique("thief")))
+    assert answer.status_code in (403, 404)
+    assert await active_rows(db, course["id"]) == 1
+
+
+async def test_venue_cannot_change_another_venues_course(http):
+    mine, theirs = await make_venue(http), await make_venue(http)
+    course = await make_course(http, capacity=2, venue_id=theirs)
+    answer = await http.patch(f"/v1/courses/{course['id']}", json={"capacity": 9},
+                              headers=auth("venue", "v", venue_id=mine))
+    assert answer.status_code == 403 and answer.json()["code"] == "forbidden"
+    roster = await http.get(f"/v1/courses/{course['id']}/bookings",
+                            headers=auth("venue", "v", venue_id=mine))
+    assert roster.status_code == 403
+
+
+async def test_venue_publishes_for_itself_and_residents_cannot_publish(http):
+    venue = await make_venue(http)
+    as_venue = await http.post("/v1/courses", json=course_body(venue, 5),
+                               headers=auth("venue", "v", venue_id=venue))
+    as_resident = await http.post("/v1/courses", json=course_body(venue, 5),
+                                  headers=resident("r"))
+    assert as_venue.status_code == 201 and as_venue.json()["venue_id"] == venue
+    assert as_resident.status_code == 403
+
+
+async def test_operators_only_create_venues(http):
+    body = {"name": "x", "district": "d", "address": "a", "lat": 1, "lon": 2}
+    assert (await http.post("/v1/venues", json=body, headers=resident("r"))).status_code == 403
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change", [
+    {"capacity": -1}, {"capacity": 0}, {"capacity": 10**12}, {"capacity": "ten"},
+    {"price_cents": -5}, {"title": ""}, {"starts_at": "tomorrow"},
+    {"starts_at": "2027-01-01T10:00:00"},  # no time zone
+    {"surprise": True}, {"venue_id": -3},
+])
+async def test_bad_course_bodies_are_400_and_write_nothing(http, db, change):
+    venue = await make_venue(http)
+    before = await db.fetchval("SELECT count(*) FROM courses WHERE venue_id = $1", venue)
+    answer = await http.post("/v1/courses", json={**course_body(venue, 5), **change},
+                             headers=OPERATOR)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["code"] == "invalid" and answer.json()["detail"]
+    assert await db.fetchval("SELECT count(*) FROM courses WHERE venue_id = $1", venue) == before
+
+
+async def test_inconsistent_times_are_400(http):
+    venue = await make_venue(http)
+    body = course_body(venue, 5)
+    ends_first = {**body, "ends_at": body["starts_at"]}
+    late_sale = {**body, "sales_open_at": "2099-01-01T00:00:00Z"}
+    for bad in (ends_first, late_sale):
+        answer = await http.post("/v1/courses", json=bad, headers=OPERATOR)
+        assert answer.status_code == 400 and answer.json()["code"] == "invalid"
+
+
+async def test_unknown_venue_is_404(http):
+    answer = await http.post("/v1/courses", json=course_body(10**15, 5), headers=OPERATOR)
+    assert answer.status_code == 404 and answer.json()["code"] == "not_found"
+
+
+@pytest.mark.parametrize("body", [
+    b"{not json", b"[]", b'"text"', b"", '{"title": "\u00e9"'.encode(), b"\xff\xfe",
+])
+async def test_malformed_json_is_400(http, body):
+    answer = await http.post("/v1/courses", content=body, headers=OPERATOR)
+    assert answer.status_code == 400 and answer.json()["code"] == "invalid"
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/v1/courses/abc"), ("GET", "/v1/courses/-1"),
+    ("GET", "/v1/courses/99999999999999999999"),
+    ("POST", "/v1/courses/0/bookings"), ("DELETE", "/v1/bookings/not-a-uuid"),
+    ("GET", "/v1/courses?available=maybe"), ("GET", "/v1/courses?limit=100000"),
+    ("GET", "/v1/courses?sort=price"), ("GET", "/nowhere"),
+])
+async def test_bad_ids_and_queries_are_4xx_json(http, method, path):
+    answer = await http.request(method, path, headers=resident("r"))
+    assert 400 <= answer.status_code < 500
+    assert answer.json()["code"] and answer.json()["detail"]
+
+
+async def test_unknown_booking_is_404(http):
+    answer = await http.delete(f"/v1/bookings/{uuid.uuid4()}", headers=resident("r"))
+    assert answer.status_code == 404 and answer.json()["code"] == "not_found"
+
+
+async def test_oversized_body_is_413(http):
+    answer = await http.post("/v1/venues", content=b"{" + b" " * 200_000 + b"}",
+                             headers={**OPERATOR, "content-type": "application/json"})
+    assert answer.status_code == 413 and answer.json()["code"] == "body_too_large"
+
+
+async def test_health_ready_and_openapi(http):
+    assert (await http.get("/health")).json() == {"status": "ok"}
+    assert (await http.get("/ready")).status_code == 200
+    schema = (await http.get("/schema/openapi.json")).json()
+    assert "/v1/courses/{course_id}/bookings" in schema["paths"]
+
+
+# --- command line ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("BOOKING_PORT", "eighty", "BOOKING_PORT"),
+    ("DATABASE_URL", "mysql://x", "DATABASE_URL"),
+    ("BOOKING_SECRET", "short", "BOOKING_SECRET"),
+])
+def test_invalid_configuration_fails_with_one_sentence(stores, tmp_path, name, value, says):
+    result = run_cli(service_env(stores, tmp_path, **{name: value}), "serve")
+    assert result.returncode == 2
+    assert says in result.stderr and "Traceback" not in result.stderr
+
+
+def test_token_command_prints_a_verifiable_token(stores, tmp_path):
+    result = run_cli(service_env(stores, tmp_path), "token", "venue", "7")
+    claims = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
+    assert claims["role"] == "venue" and claims["venue_id"] == 7

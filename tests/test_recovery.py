@@ -1,0 +1,133 @@
+"""When a store fails or forgets: seats come back, counters are rebuilt, Postgres holds the line."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib import resources
+
+import asyncpg
+import pytest
+from conftest import (
+    active_rows,
+    gate_left,
+    grab,
+    make_course,
+    run_cli,
+    service_env,
+    unique,
+    wait_for,
+)
+
+from booking.seats import course_keys
+
+FAIL_INSERTS = """
+CREATE OR REPLACE FUNCTION test_refuse_booking() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.course_id = {course_id} THEN RAISE EXCEPTION 'disk on fire'; END IF;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER test_refuse_booking BEFORE INSERT ON bookings
+    FOR EACH ROW EXECUTE FUNCTION test_refuse_booking();
+"""
+STOP_FAILING = "DROP TRIGGER IF EXISTS test_refuse_booking ON bookings"
+
+
+async def test_postgres_failing_after_the_gate_said_yes_gives_the_seat_back(http, db, redis):
+    course = await make_course(http, capacity=3)
+    await db.execute(FAIL_INSERTS.format(course_id=int(course["id"])))
+    try:
+        one_by_one = [await grab(http, course["id"], unique("unlucky")) for _ in range(5)]
+        rush = await asyncio.gather(*(grab(http, course["id"], unique("rush"))
+                                      for _ in range(20)))
+    finally:
+        await db.execute(STOP_FAILING)
+
+    # Each seat the gate gave was given back, so grabs one after another all see a seat.
+    assert [(a.status_code, a.json()["code"]) for a in one_by_one] == [(503, "unavailable")] * 5
+    # In a rush, racers that came while all seats were out for writing heard an honest no.
+    assert sum(a.status_code == 503 for a in rush) >= 3
+    assert {a.json()["code"] for a in rush} <= {"unavailable", "sold_out"}
+    assert await gate_left(redis, course["id"]) == 3
+    assert await active_rows(db, course["id"]) == 0
+    assert await redis.hlen(course_keys(course["id"])[1]) == 0
+    retry = await grab(http, course["id"], unique("retry"))
+    assert retry.status_code == 201
+    assert await gate_left(redis, course["id"]) == 2
+
+
+async def test_redis_flushed_then_counters_and_holders_come_back(http, db, redis, stores,
+                                                                 tmp_path):
+    course = await make_course(http, capacity=4)
+    holder = unique("holder")
+    booking = (await grab(http, course["id"], holder)).json()
+    await grab(http, course["id"], unique("other"))
+
+    await redis.flushdb()
+    await redis.script_flush()
+    result = run_cli(service_env(stores, tmp_path), "reconcile")
+
+    assert result.returncode == 0, result.stderr
+    assert "Reconciled" in result.stdout
+    assert await gate_left(redis, course["id"]) == 2
+    again = await grab(http, course["id"], holder)
+    assert again.status_code == 200 and again.json()["id"] == booking["id"]
+    assert (await grab(http, course["id"], unique("new"))).status_code == 201
+    assert await active_rows(db, course["id"]) == 3
+
+
+async def test_first_grab_after_redis_lost_a_course_reloads_it(http, db, redis):
+    course = await make_course(http, capacity=5)
+    taken = [await grab(http, course["id"], unique("early")) for _ in range(3)]
+    assert all(t.status_code == 201 for t in taken)
+
+    await redis.delete(*course_keys(course["id"]))
+    await redis.script_flush()
+    answers = await asyncio.gather(*(grab(http, course["id"], unique("after")) for _ in range(20)))
+
+    assert sum(a.status_code == 201 for a in answers) == 2
+    assert await active_rows(db, course["id"]) == 5
+    assert await gate_left(redis, course["id"]) == 0
+
+
+async def test_seat_taken_by_a_worker_that_died_comes_back(http, db, redis):
+    """A grab that took a seat in Redis but never wrote its row (the process died)."""
+    course = await make_course(http, capacity=2)
+    grab_lua = resources.files("booking.seats").joinpath("grab.lua").read_text()
+    outcome, _ = await redis.eval(grab_lua, 3, *course_keys(course["id"]), unique("ghost"),
+                                  "00000000-0000-4000-8000-000000000000")
+    assert outcome == "taken"
+    assert await gate_left(redis, course["id"]) == 1
+
+    async def seat_returned() -> bool:
+        return await gate_left(redis, course["id"]) == 2
+
+    await wait_for(seat_returned, timeout=20)  # pending timeout 5 s, reconciler every 1 s
+    assert await active_rows(db, course["id"]) == 0
+
+
+async def test_postgres_alone_refuses_oversell_and_duplicates(http, db):
+    """The gate bypassed: rows written straight into Postgres."""
+    course = await make_course(http, capacity=2)
+    insert = "INSERT INTO bookings (id, course_id, resident_id) VALUES (gen_random_uuid(), $1, $2)"
+    await db.execute(insert, course["id"], "a")
+    with pytest.raises(asyncpg.UniqueViolationError) as duplicate:
+        await db.execute(insert, course["id"], "a")
+    await db.execute(insert, course["id"], "b")
+    with pytest.raises(asyncpg.CheckViolationError) as oversold:
+        await db.execute(insert, course["id"], "c")
+    with pytest.raises(asyncpg.CheckViolationError):
+        await db.executemany(insert, [(course["id"], "d"), (course["id"], "e")])
+
+    assert duplicate.value.constraint_name == "bookings_one_active_per_resident"
+    assert oversold.value.constraint_name == "courses_not_oversold"
+    assert await active_rows(db, course["id"]) == 2
+    await db.execute("UPDATE bookings SET status = 'cancelled' WHERE course_id = $1 "
+                     "AND resident_id = 'a'", course["id"])
+    await db.execute(insert, course["id"], "c")
+    assert await active_rows(db, course["id"]) == 2
+
+
+async def test_schema_applies_twice(stores, tmp_path):
+    env = service_env(stores, tmp_path)
+    first, second = run_cli(env, "db", "init"), run_cli(env, "db", "init")
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
