@@ -12,7 +12,7 @@ from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from booking import bookings, courses, venues
 from booking.auth import Authenticator
@@ -52,8 +52,11 @@ async def ready(state: State) -> Response[dict[str, str]]:
 
 
 def open_redis(url: str, max_connections: int = 64) -> Redis:
-    return Redis.from_url(url, decode_responses=True, max_connections=max_connections,
-                          socket_timeout=5, socket_connect_timeout=5, health_check_interval=0)
+    """A client whose pool makes callers wait for a free connection rather than fail."""
+    pool = BlockingConnectionPool.from_url(
+        url, decode_responses=True, max_connections=max_connections, timeout=5,
+        socket_timeout=5, socket_connect_timeout=5)
+    return Redis.from_pool(pool)
 
 
 @contextlib.asynccontextmanager

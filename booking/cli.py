@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP service (embedded stores by default)")
     serve.add_argument("--demo", action="store_true",
                        help="load a demo term whose sales open a minute after start")
+    serve.add_argument("--crowd", type=int, default=500, metavar="N",
+                       help="with --demo: N simulated residents rush the hot courses at the "
+                            "opening (default 500, 0 for none)")
     serve.add_argument("--host", help="listen address (BOOKING_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (BOOKING_PORT, default 8000)")
     serve.add_argument("--workers", type=int,
@@ -79,7 +82,7 @@ def stores(settings: Settings) -> Iterator[Settings]:
                                  settings.redis_url or embedded.redis_url)
 
 
-async def _prepare(settings: Settings, *, demo: bool) -> None:
+async def _prepare(settings: Settings, *, demo: bool) -> DemoTerm | None:
     """Schema on an empty database, the demo term if asked, and a gate rebuilt from Postgres."""
     from booking.app import open_redis
     from booking.db import apply_schema, is_empty
@@ -100,9 +103,21 @@ async def _prepare(settings: Settings, *, demo: bool) -> None:
               f"{report.restored} bookings restored, {report.given_back} stale seats given back.")
         if term is not None:
             _print_demo(settings, term)
+        return term
     finally:
         await redis.aclose()
         await pool.close()
+
+
+def _start_crowd(settings: Settings, term: DemoTerm, residents: int) -> None:
+    """The demo's crowd runs beside the server, in a thread of its own."""
+    import threading
+
+    from booking.demo import run_crowd
+
+    base = f"http://127.0.0.1:{settings.port}"
+    threading.Thread(target=lambda: asyncio.run(run_crowd(base, settings.secret, term, residents)),
+                     name="demo-crowd", daemon=True).start()
 
 
 async def _connect(settings: Settings) -> asyncpg.Pool:
@@ -141,7 +156,9 @@ def _serve(args: argparse.Namespace) -> int:
     env = {**os.environ, **{k: str(v) for k, v in overrides.items() if v is not None}}
     settings = Settings.from_env(env)
     with stores(settings) as ready:
-        asyncio.run(_prepare(ready, demo=args.demo))
+        term = asyncio.run(_prepare(ready, demo=args.demo))
+        if term is not None and term.loaded and args.crowd > 0:
+            _start_crowd(ready, term, args.crowd)
         os.environ.update(DATABASE_URL=str(ready.database_url), REDIS_URL=str(ready.redis_url),
                           BOOKING_SECRET=ready.secret, BOOKING_DATA_DIR=str(ready.data_dir))
         print(f"Serving on http://{ready.host}:{ready.port} with {ready.workers} worker(s); "

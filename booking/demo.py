@@ -67,3 +67,49 @@ async def load_demo(conn: asyncpg.Connection, opens_in_s: float = 60,
                 "An evening class of the city night school.", starts,
                 starts + timedelta(hours=2), capacity, opens_at))
     return DemoTerm(venues, courses, course_ids[:HOT_COURSES], opens_at, loaded=True)
+
+
+async def run_crowd(base_url: str, secret: str, term: DemoTerm, residents: int) -> None:
+    """At the opening, `residents` simulated people rush the hot courses; print what happens.
+
+    Each tries the hot courses in a random order and moves on when told sold_out, the way
+    people do on release day. Prints live seat counts until the hot courses are gone."""
+    import asyncio
+    import time
+
+    import httpx
+
+    from booking.auth import mint
+
+    rng = random.Random(7)
+    limits = httpx.Limits(max_connections=200)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as http:
+        await asyncio.sleep(max(0.0, (term.opens_at - datetime.now(UTC)).total_seconds()))
+        print(f"[demo] Sales are open: {residents} residents rush {len(term.hot_course_ids)} "
+              "hot courses.", flush=True)
+        outcomes: dict[str, int] = {}
+
+        async def person(n: int) -> None:
+            headers = {"Authorization": f"Bearer {mint(secret, 'resident', f'crowd-{n}')}"}
+            for course_id in rng.sample(term.hot_course_ids, len(term.hot_course_ids)):
+                answer = await http.post(f"/v1/courses/{course_id}/bookings", headers=headers)
+                code = str(answer.status_code) if answer.status_code < 300 else \
+                    answer.json().get("code", str(answer.status_code))
+                outcomes[code] = outcomes.get(code, 0) + 1
+                if code != "sold_out":
+                    return
+
+        started = time.monotonic()
+        rush = asyncio.gather(*(person(n) for n in range(residents)))
+        while not rush.done():
+            await asyncio.sleep(0.5)
+            left = [(await http.get(f"/v1/courses/{c}")).json()["seats_left"]
+                    for c in term.hot_course_ids]
+            print(f"[demo] {time.monotonic() - started:5.1f} s  seats left on hot courses: "
+                  f"{left}", flush=True)
+        await rush
+        left = [(await http.get(f"/v1/courses/{c}")).json()["seats_left"]
+                for c in term.hot_course_ids]
+        print(f"[demo] Rush over in {time.monotonic() - started:.1f} s. Answers: {outcomes}; "
+              f"{HOT_SEATS * len(term.hot_course_ids)} hot seats, seats left now {left}.",
+              flush=True)
