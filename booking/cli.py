@@ -60,6 +60,21 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--days", type=float, default=30, help="validity in days (default 30)")
     token.set_defaults(run=_token)
 
+    release = sub.add_parser("release", help="publish a release for a load test, via the API")
+    release.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
+    release.add_argument("--courses", type=int, default=60, help="courses (default 60)")
+    release.add_argument("--seats", type=int, default=20, help="seats per course (default 20)")
+    release.add_argument("--opens-in", type=float, default=30, metavar="SECONDS",
+                         help="sales open this many seconds from now (default 30)")
+    release.add_argument("--out", default="loadtest/results/release.json",
+                         help="where to write the release (JSON)")
+    release.set_defaults(run=_release)
+
+    check = sub.add_parser("check", help="verify every invariant against Postgres and Redis")
+    check.add_argument("--received", nargs="*", default=[], metavar="PATH",
+                       help="files or folders of booking ids that clients were told about")
+    check.set_defaults(run=_check)
+
     reconcile = sub.add_parser("reconcile",
                                help="rebuild the Redis seat counters from Postgres")
     reconcile.set_defaults(run=_reconcile)
@@ -67,17 +82,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def stores(settings: Settings) -> Iterator[Settings]:
+def stores(settings: Settings, *, quiet: bool = False) -> Iterator[Settings]:
     """The given stores, or private embedded ones when DATABASE_URL / REDIS_URL are unset."""
     if settings.database_url and settings.redis_url:
         yield settings
         return
     from booking.embedded import EmbeddedStores
 
-    print(f"Starting private Postgres and Redis under {settings.data_dir}/ ...", flush=True)
+    if not quiet:
+        print(f"Starting private Postgres and Redis under {settings.data_dir}/ ...", flush=True)
     with EmbeddedStores(settings.data_dir) as embedded:
-        print(f"  DATABASE_URL={settings.database_url or embedded.database_url}")
-        print(f"  REDIS_URL={settings.redis_url or embedded.redis_url}", flush=True)
+        if not quiet:
+            print(f"  DATABASE_URL={settings.database_url or embedded.database_url}")
+            print(f"  REDIS_URL={settings.redis_url or embedded.redis_url}", flush=True)
         yield settings.with_urls(settings.database_url or embedded.database_url,
                                  settings.redis_url or embedded.redis_url)
 
@@ -227,3 +244,49 @@ def _reconcile(_: argparse.Namespace) -> int:
     with stores(Settings.from_env()) as ready:
         asyncio.run(run(ready))
     return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from booking.release import publish_release
+
+    if not (1 <= args.courses <= 100_000 and 1 <= args.seats <= 10_000):
+        raise ConfigError("--courses must be 1-100000 and --seats 1-10000.")
+    settings = Settings.from_env()
+    release = asyncio.run(publish_release(args.url, settings.secret, courses=args.courses,
+                                          seats=args.seats, opens_in_s=args.opens_in))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(release.to_dict(), indent=1))
+    print(f"Published {args.courses} courses x {args.seats} seats, opening at "
+          f"{release.opens_at}; written to {out}.")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from booking.app import open_redis
+    from booking.check import check_invariants, read_received
+
+    paths = [Path(p) for p in args.received]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ConfigError(f"no such file or folder: {', '.join(missing)}.")
+    received = read_received(paths) if paths else None
+
+    async def run(settings: Settings) -> bool:
+        pool = await _connect(settings)
+        redis = open_redis(str(settings.redis_url))
+        try:
+            report = await check_invariants(pool, redis, received)
+        finally:
+            await redis.aclose()
+            await pool.close()
+        print(report.summary())
+        return report.ok
+
+    with stores(Settings.from_env(), quiet=True) as ready:
+        return 0 if asyncio.run(run(ready)) else 1

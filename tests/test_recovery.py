@@ -105,7 +105,7 @@ async def test_seat_taken_by_a_worker_that_died_comes_back(http, db, redis):
     assert await active_rows(db, course["id"]) == 0
 
 
-async def test_postgres_alone_refuses_oversell_and_duplicates(http, db):
+async def test_postgres_alone_refuses_oversell_and_duplicates(http, db, redis):
     """The gate bypassed: rows written straight into Postgres."""
     course = await make_course(http, capacity=2)
     insert = "INSERT INTO bookings (id, course_id, resident_id) VALUES (gen_random_uuid(), $1, $2)"
@@ -125,6 +125,7 @@ async def test_postgres_alone_refuses_oversell_and_duplicates(http, db):
                      "AND resident_id = 'a'", course["id"])
     await db.execute(insert, course["id"], "c")
     assert await active_rows(db, course["id"]) == 2
+    await redis.delete(*course_keys(course["id"]))  # the gate reloads it from Postgres
 
 
 async def test_schema_applies_twice(stores, tmp_path):
