@@ -20,6 +20,7 @@ from booking.context import Services, services
 from booking.db import create_pool
 from booking.errors import EXCEPTION_HANDLERS
 from booking.ledger import BookingLedger
+from booking.middleware import request_id
 from booking.reconcile import CourseLoader, sweep_forever
 from booking.seats import SeatGate
 from booking.settings import ConfigError, Settings
@@ -101,4 +102,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=openapi,
         request_max_body_size=MAX_BODY_BYTES,
+        middleware=[request_id],
     )

@@ -75,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="files or folders of booking ids that clients were told about")
     check.set_defaults(run=_check)
 
+    bench = sub.add_parser("bench", help="rush a release with wrk and report the figures")
+    from booking.bench import add_arguments
+
+    add_arguments(bench)
+    bench.set_defaults(run=_bench)
+
     reconcile = sub.add_parser("reconcile",
                                help="rebuild the Redis seat counters from Postgres")
     reconcile.set_defaults(run=_reconcile)
@@ -290,3 +296,9 @@ def _check(args: argparse.Namespace) -> int:
 
     with stores(Settings.from_env(), quiet=True) as ready:
         return 0 if asyncio.run(run(ready)) else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from booking.bench import run
+
+    return run(args)

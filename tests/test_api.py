@@ -261,3 +261,10 @@ def test_token_command_prints_a_verifiable_token(stores, tmp_path):
     result = run_cli(service_env(stores, tmp_path), "token", "venue", "7")
     claims = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
     assert claims["role"] == "venue" and claims["venue_id"] == 7
+
+
+async def test_request_id_is_echoed_or_made(http):
+    mine = await http.get("/health", headers={"X-Request-Id": "r17.2"})
+    made = await http.get("/health", headers={"X-Request-Id": "bad id with spaces"})
+    assert mine.headers["x-request-id"] == "r17.2"
+    assert len(made.headers["x-request-id"]) == 32

@@ -1,0 +1,128 @@
+-- wrk script for `booking bench`: a crowd of residents rushing a release.
+--
+-- Every resident has its own token. A resident aims at the hottest tenth of the courses most
+-- of the time, and on `sold_out` moves on to its next choice (up to BENCH_CHOICES courses).
+-- The X-Request-Id header "<resident>.<attempt>" comes back on the answer, which is how an
+-- answer is matched to the resident who asked. Each thread writes what it saw (counts by
+-- answer, booking ids received) to files and a "done" marker once all its residents are done.
+--
+-- Environment: BENCH_TOKENS (file, one token per line), BENCH_COURSES (comma-separated ids,
+-- hottest first), BENCH_HOT (how many are hot), BENCH_HOT_SHARE (0..1), BENCH_CHOICES,
+-- BENCH_THREADS, BENCH_OUT (file prefix for this run's outputs).
+
+local thread_index = 0
+
+function setup(thread)
+  thread:set("tid", thread_index)
+  thread_index = thread_index + 1
+end
+
+local tokens, courses = {}, {}
+local hot, hot_share, choices, out
+local next_resident, last_resident
+local retry = {}
+local outstanding = 0
+local counts = {}
+local received = {}
+local finished = false
+local verifying = false
+
+local function split(text, sep)
+  local parts = {}
+  for part in string.gmatch(text, "[^" .. sep .. "]+") do parts[#parts + 1] = part end
+  return parts
+end
+
+function init(args)
+  for line in io.lines(os.getenv("BENCH_TOKENS")) do tokens[#tokens + 1] = line end
+  courses = split(os.getenv("BENCH_COURSES"), ",")
+  hot = tonumber(os.getenv("BENCH_HOT"))
+  hot_share = tonumber(os.getenv("BENCH_HOT_SHARE"))
+  choices = tonumber(os.getenv("BENCH_CHOICES"))
+  out = os.getenv("BENCH_OUT") .. "-" .. tid
+  local threads = tonumber(os.getenv("BENCH_THREADS"))
+  local share = math.ceil(#tokens / threads)
+  -- wrk calls request() once on the first thread to verify the script and never sends it.
+  verifying = (tid == 0)
+  next_resident = tid * share + 1
+  last_resident = math.min(#tokens, (tid + 1) * share)
+end
+
+-- A resident's k-th choice: deterministic, skewed towards the hot courses.
+local function choice(resident, attempt)
+  local h = (resident * 2654435761 + attempt * 40503) % 4294967296
+  local roll = (h % 10000) / 10000
+  local pick = math.floor(h / 10000)
+  if roll < hot_share then return courses[pick % hot + 1] end
+  return courses[pick % #courses + 1]
+end
+
+local function grab(resident, attempt)
+  outstanding = outstanding + 1
+  return wrk.format("POST", "/v1/courses/" .. choice(resident, attempt) .. "/bookings", {
+    ["Authorization"] = "Bearer " .. tokens[resident],
+    ["X-Request-Id"] = resident .. "." .. attempt,
+    ["Content-Length"] = "0",
+  })
+end
+
+function request()
+  if verifying then
+    verifying = false
+    return wrk.format("GET", "/health")
+  end
+  local item = table.remove(retry)
+  if item then return grab(item[1], item[2]) end
+  if next_resident <= last_resident then
+    next_resident = next_resident + 1
+    return grab(next_resident - 1, 1)
+  end
+  -- Nothing to ask while the last answers are on their way: a cheap filler.
+  return wrk.format("GET", "/health", {["X-Request-Id"] = "idle"})
+end
+
+local function write_results()
+  local file = io.open(out .. "-counts.txt", "w")
+  for key, n in pairs(counts) do file:write(key, " ", n, "\n") end
+  file:close()
+  file = io.open(out .. "-ids.txt", "w")
+  for _, id in ipairs(received) do file:write(id, "\n") end
+  file:close()
+  io.open(out .. "-done", "w"):close()
+end
+
+function response(status, headers, body)
+  local rid = headers["x-request-id"] or headers["X-Request-Id"]
+  if rid ~= "idle" then
+    outstanding = outstanding - 1
+    local resident, attempt = string.match(rid or "", "^(%d+)%.(%d+)$")
+    resident, attempt = tonumber(resident), tonumber(attempt)
+    local key = tostring(status)
+    if status == 200 or status == 201 then
+      received[#received + 1] = string.match(body, '"id":"([%x%-]+)"')
+    else
+      local code = string.match(body, '"code":"([%w_]+)"')
+      key = key .. ":" .. (code or "?")
+      if resident and code == "sold_out" and attempt < choices then
+        retry[#retry + 1] = {resident, attempt + 1}
+      elseif resident and code == "not_open" then
+        retry[#retry + 1] = {resident, attempt}
+      end
+    end
+    counts[key] = (counts[key] or 0) + 1
+  end
+  if not finished and outstanding == 0 and #retry == 0 and next_resident > last_resident then
+    finished = true
+    write_results()
+    wrk.thread:stop()
+  end
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_WRK {"requests": %d, "p50_us": %d, "p95_us": %d, "p99_us": %d, "max_us": %d, ' ..
+    '"socket_errors": {"connect": %d, "read": %d, "write": %d, "timeout": %d}}\n',
+    summary.requests, latency:percentile(50), latency:percentile(95), latency:percentile(99),
+    latency.max, e.connect, e.read, e.write, e.timeout))
+end
