@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 import time
 from typing import Annotated, Literal
 
@@ -33,11 +37,23 @@ def mint(secret: str, role: str, sub: str, *, venue_id: int | None = None,
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
+class _Header(msgspec.Struct):
+    alg: str
+
+
+def _b64decode(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _invalid() -> ApiError:
+    return ApiError(401, "unauthorized", "The token is not valid.")
+
+
 class Authenticator:
     """Verifies tokens; remembers verified ones so a hot path pays for HMAC once per token."""
 
     def __init__(self, secret: str) -> None:
-        self._secret = secret
+        self._key = secret.encode()
         self._verified: dict[str, Principal] = {}
 
     def principal(self, request: Request) -> Principal:
@@ -56,18 +72,28 @@ class Authenticator:
         return found
 
     def _verify(self, token: str) -> Principal:
+        """Check an HS256 JWT: only HS256 is accepted (no `none`, no key confusion), the
+        signature in constant time, then the claims by type. Hand-written because a rush brings
+        a new token with almost every request, and this is several times cheaper than PyJWT."""
         try:
-            claims = jwt.decode(token, self._secret, algorithms=["HS256"],
-                                options={"require": ["sub", "role"]})
-        except jwt.ExpiredSignatureError as exc:
-            raise ApiError(401, "unauthorized", "The token has expired.") from exc
-        except jwt.PyJWTError as exc:
-            raise ApiError(401, "unauthorized", "The token is not valid.") from exc
+            header_b64, payload_b64, signature_b64 = token.split(".")
+            header = msgspec.json.decode(_b64decode(header_b64), type=_Header)
+            signature = _b64decode(signature_b64)
+        except (ValueError, msgspec.DecodeError, binascii.Error) as exc:
+            raise _invalid() from exc
+        signed = f"{header_b64}.{payload_b64}".encode()
+        expected = hmac.new(self._key, signed, hashlib.sha256).digest()
+        if header.alg != "HS256" or not hmac.compare_digest(expected, signature):
+            raise _invalid()
         try:
-            principal = msgspec.convert(claims, Principal, strict=False)
+            principal = msgspec.json.decode(_b64decode(payload_b64), type=Principal)
         except msgspec.ValidationError as exc:
             detail = f"The token's claims are not valid: {exc}."
             raise ApiError(401, "unauthorized", detail) from exc
+        except (msgspec.DecodeError, binascii.Error) as exc:
+            raise _invalid() from exc
+        if principal.exp is not None and principal.exp < time.time():
+            raise ApiError(401, "unauthorized", "The token has expired.")
         if principal.role == "venue" and principal.venue_id is None:
             raise ApiError(401, "unauthorized", "A venue token needs a venue_id claim.")
         return principal

@@ -2,7 +2,7 @@
 --
 -- Every resident has its own token. A resident aims at the hottest tenth of the courses most
 -- of the time, and on `sold_out` moves on to its next choice (up to BENCH_CHOICES courses).
--- The X-Request-Id header "<resident>.<attempt>" comes back on the answer, which is how an
+-- The X-Request-Id header "<resident>.<attempt>.<course>" comes back on the answer, which is how an
 -- answer is matched to the resident who asked. Each thread writes what it saw (counts by
 -- answer, booking ids received) to files and a "done" marker once all its residents are done.
 --
@@ -48,20 +48,30 @@ function init(args)
   last_resident = math.min(#tokens, (tid + 1) * share)
 end
 
--- A resident's k-th choice: deterministic, skewed towards the hot courses.
+-- A resident's first choice is one of the hot courses most of the time. Told sold_out, the
+-- resident moves on to another course that the list does not show as sold out (this thread
+-- remembers every sold_out it heard, as a person sees live seat counts).
+local sold = {}
+
 local function choice(resident, attempt)
   local h = (resident * 2654435761 + attempt * 40503) % 4294967296
   local roll = (h % 10000) / 10000
   local pick = math.floor(h / 10000)
-  if roll < hot_share then return courses[pick % hot + 1] end
-  return courses[pick % #courses + 1]
+  if attempt == 1 and roll < hot_share then return courses[pick % hot + 1] end
+  local start = pick % #courses
+  for step = 0, #courses - 1 do
+    local course = courses[(start + step) % #courses + 1]
+    if not sold[course] then return course end
+  end
+  return courses[start + 1]
 end
 
 local function grab(resident, attempt)
   outstanding = outstanding + 1
-  return wrk.format("POST", "/v1/courses/" .. choice(resident, attempt) .. "/bookings", {
+  local course = choice(resident, attempt)
+  return wrk.format("POST", "/v1/courses/" .. course .. "/bookings", {
     ["Authorization"] = "Bearer " .. tokens[resident],
-    ["X-Request-Id"] = resident .. "." .. attempt,
+    ["X-Request-Id"] = resident .. "." .. attempt .. "." .. course,
     ["Content-Length"] = "0",
   })
 end
@@ -95,7 +105,7 @@ function response(status, headers, body)
   local rid = headers["x-request-id"] or headers["X-Request-Id"]
   if rid ~= "idle" then
     outstanding = outstanding - 1
-    local resident, attempt = string.match(rid or "", "^(%d+)%.(%d+)$")
+    local resident, attempt, course = string.match(rid or "", "^(%d+)%.(%d+)%.(%d+)$")
     resident, attempt = tonumber(resident), tonumber(attempt)
     local key = tostring(status)
     if status == 200 or status == 201 then
@@ -103,6 +113,7 @@ function response(status, headers, body)
     else
       local code = string.match(body, '"code":"([%w_]+)"')
       key = key .. ":" .. (code or "?")
+      if code == "sold_out" and course then sold[course] = true end
       if resident and code == "sold_out" and attempt < choices then
         retry[#retry + 1] = {resident, attempt + 1}
       elseif resident and code == "not_open" then

@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 import asyncpg
 import msgspec
 from litestar import Request, Response, delete, get, post
-from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
 
 from booking.context import Services, services
 from booking.courses import CourseId, check_owner, fetch_course
-from booking.errors import ApiError, not_found, unavailable
+from booking.errors import ApiError, ErrorBody, answer, not_found, unavailable
 from booking.ledger import CommitFailed, NewBooking
 
 log = logging.getLogger("booking.bookings")
@@ -55,8 +55,8 @@ def booking_out(row: asyncpg.Record) -> BookingOut:
     return BookingOut(**dict(row))
 
 
-def sold_out() -> ApiError:
-    return ApiError(409, "sold_out", "Every seat of this course is taken.")
+SOLD_OUT = ApiError(409, "sold_out", "Every seat of this course is taken.")
+COURSE_CANCELLED = ApiError(409, "course_cancelled", "This course is cancelled.")
 
 
 def not_open(opens_at_ms: int) -> ApiError:
@@ -68,10 +68,13 @@ def not_open(opens_at_ms: int) -> ApiError:
 
 
 @post("/v1/courses/{course_id:int}/bookings", operation_id="grabSeat", tags=["bookings"],
-      status_code=201)
-async def grab_seat(request: Request, state: State, course_id: CourseId) -> Response[BookingOut]:
+      status_code=201, responses={
+          200: ResponseSpec(BookingOut, description="The booking this resident already holds"),
+          409: ResponseSpec(ErrorBody, description="sold_out, not_open or course_cancelled"),
+      })
+async def grab_seat(request: Request, course_id: CourseId) -> Response[BookingOut]:
     """Grab a seat: 201 with a new booking, 200 with the one already held, or 409 saying why not."""
-    s = services(state)
+    s = services(request)
     resident_id = s.auth.require(request, "resident").sub
     booking_id = str(uuid.uuid4())
     decision = await s.gate.grab(course_id, resident_id, booking_id)
@@ -85,11 +88,11 @@ async def grab_seat(request: Request, state: State, course_id: CourseId) -> Resp
         case "held":
             return Response(await _held_booking(s, str(decision.value)), status_code=200)
         case "sold_out":
-            raise sold_out()
+            return answer(SOLD_OUT)  # type: ignore[return-value]
         case "not_open":
-            raise not_open(int(decision.value or 0))
+            return answer(not_open(int(decision.value or 0)))  # type: ignore[return-value]
         case "course_cancelled":
-            raise ApiError(409, "course_cancelled", "This course is cancelled.")
+            return answer(COURSE_CANCELLED)  # type: ignore[return-value]
     raise unavailable()
 
 
@@ -106,7 +109,7 @@ async def _commit(s: Services, course_id: int, resident_id: str,
         if exc.constraint is not None:  # the ledger disagrees with the gate: resync the course
             await s.loader.load(course_id)
             if exc.constraint == "courses_not_oversold":
-                raise sold_out() from exc
+                raise ApiError(409, SOLD_OUT.code, SOLD_OUT.detail) from exc
             row = await s.pool.fetchrow(SELECT_ACTIVE, course_id, resident_id)
             if row is not None:
                 return Response(booking_out(row), status_code=200)
@@ -138,9 +141,9 @@ async def _held_booking(s: Services, booking_id: str) -> BookingOut:
 
 @delete("/v1/bookings/{booking_id:uuid}", operation_id="cancelBooking", tags=["bookings"],
         status_code=200)
-async def cancel_booking(request: Request, state: State, booking_id: uuid.UUID) -> BookingOut:
+async def cancel_booking(request: Request, booking_id: uuid.UUID) -> BookingOut:
     """Cancel your booking; the seat can be grabbed again at once."""
-    s = services(state)
+    s = services(request)
     resident_id = s.auth.require(request, "resident").sub
     row = await s.pool.fetchrow(CANCEL_BOOKING, booking_id, resident_id)
     if row is None:
@@ -154,18 +157,18 @@ async def cancel_booking(request: Request, state: State, booking_id: uuid.UUID) 
 
 
 @get("/v1/me/bookings", operation_id="myBookings", tags=["bookings"])
-async def my_bookings(request: Request, state: State) -> list[BookingOut]:
+async def my_bookings(request: Request) -> list[BookingOut]:
     """Your bookings, newest first, cancelled ones included."""
-    s = services(state)
+    s = services(request)
     resident_id = s.auth.require(request, "resident").sub
     return [booking_out(row) for row in await s.pool.fetch(MY_BOOKINGS, resident_id)]
 
 
 @get("/v1/courses/{course_id:int}/bookings", operation_id="courseRoster", tags=["bookings"])
-async def course_roster(request: Request, state: State,
+async def course_roster(request: Request,
                         course_id: CourseId) -> list[BookingOut]:
     """The active bookings of a course (its venue or an operator)."""
-    s = services(state)
+    s = services(request)
     who = s.auth.require(request, "venue", "operator")
     course = await fetch_course(s, course_id)
     check_owner(who, course["venue_id"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import asyncpg
-from litestar.datastructures import State
+from litestar import Request
 
 from booking.auth import Authenticator
 from booking.ledger import BookingLedger
@@ -24,5 +24,5 @@ class Services:
     auth: Authenticator
 
 
-def services(state: State) -> Services:
-    return state.services
+def services(request: Request) -> Services:
+    return request.app.state.services

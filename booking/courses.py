@@ -8,7 +8,6 @@ from typing import Annotated, Literal
 import asyncpg
 import msgspec
 from litestar import Request, get, patch, post
-from litestar.datastructures import State
 from litestar.params import Parameter
 
 from booking.auth import Principal
@@ -140,9 +139,9 @@ def check_owner(who: Principal, venue_id: int) -> None:
 
 
 @post("/v1/courses", operation_id="createCourse", tags=["courses"])
-async def create_course(request: Request, state: State, data: CourseIn) -> CourseOut:
+async def create_course(request: Request, data: CourseIn) -> CourseOut:
     """Publish a course. A venue publishes for itself; an operator names the venue_id."""
-    s = services(state)
+    s = services(request)
     who = s.auth.require(request, "venue", "operator")
     venue_id = who.venue_id if who.role == "venue" else data.venue_id
     if venue_id is None:
@@ -162,7 +161,6 @@ async def create_course(request: Request, state: State, data: CourseIn) -> Cours
 @get("/v1/courses", operation_id="listCourses", tags=["courses"])
 async def list_courses(
     request: Request,
-    state: State,
     venue_id: Annotated[int | None, Parameter(ge=1, le=MAX_ID)] = None,
     district: Annotated[str | None, Parameter(max_length=100)] = None,
     category: Annotated[str | None, Parameter(max_length=60)] = None,
@@ -174,7 +172,7 @@ async def list_courses(
     unknown = set(request.query_params) - LIST_FILTERS
     if unknown:
         raise ApiError(400, "invalid", f"Unknown query parameter: {', '.join(sorted(unknown))}.")
-    s = services(state)
+    s = services(request)
     where, args = ["TRUE"], []
     for column, value in (("c.venue_id", venue_id), ("v.district", district),
                           ("c.category", category)):
@@ -198,19 +196,19 @@ async def list_courses(
 
 
 @get("/v1/courses/{course_id:int}", operation_id="getCourse", tags=["courses"])
-async def get_course(state: State, course_id: CourseId) -> CourseOut:
+async def get_course(request: Request, course_id: CourseId) -> CourseOut:
     """One course with its live seats_left."""
-    s = services(state)
+    s = services(request)
     row = await fetch_course(s, course_id)
     (count,) = await live_seats(s, [course_id])
     return course_out(row, count)
 
 
 @patch("/v1/courses/{course_id:int}", operation_id="updateCourse", tags=["courses"])
-async def update_course(request: Request, state: State, course_id: CourseId,
+async def update_course(request: Request, course_id: CourseId,
                         data: CoursePatch) -> CourseOut:
     """Change a course: capacity (never below active bookings), times, texts, or cancel it."""
-    s = services(state)
+    s = services(request)
     who = s.auth.require(request, "venue", "operator")
     changes = {name: getattr(data, name) for name in PATCHABLE
                if getattr(data, name) is not msgspec.UNSET}

@@ -6,7 +6,6 @@ from typing import Annotated
 
 import msgspec
 from litestar import Request, get, post
-from litestar.datastructures import State
 
 from booking.context import services
 
@@ -39,9 +38,9 @@ LIST_VENUES = f"SELECT {COLUMNS} FROM venues ORDER BY id LIMIT 1000"
 
 
 @post("/v1/venues", operation_id="createVenue", tags=["venues"])
-async def create_venue(request: Request, state: State, data: VenueIn) -> VenueOut:
+async def create_venue(request: Request, data: VenueIn) -> VenueOut:
     """Add a teaching point (operators only)."""
-    s = services(state)
+    s = services(request)
     s.auth.require(request, "operator")
     row = await s.pool.fetchrow(INSERT_VENUE, data.name, data.district, data.address,
                                 data.lat, data.lon)
@@ -49,9 +48,9 @@ async def create_venue(request: Request, state: State, data: VenueIn) -> VenueOu
 
 
 @get("/v1/venues", operation_id="listVenues", tags=["venues"])
-async def list_venues(state: State) -> list[VenueOut]:
+async def list_venues(request: Request) -> list[VenueOut]:
     """All teaching points (public)."""
-    rows = await services(state).pool.fetch(LIST_VENUES)
+    rows = await services(request).pool.fetch(LIST_VENUES)
     return [VenueOut(**dict(row)) for row in rows]
 
 
