@@ -80,6 +80,7 @@ async def _stores(app: Litestar, settings: Settings) -> AsyncIterator[None]:
     finally:
         sweeper.cancel()
         await ledger.close()
+        await gate.close()
         await redis.aclose()
         await pool.close()
 

@@ -21,7 +21,11 @@ def request_id(app: ASGIApp) -> ASGIApp:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        rid = next((v for k, v in scope["headers"] if k == REQUEST_ID), None)
+        rid = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID:
+                rid = value
+                break
         if rid is None or not _SAFE_ID.fullmatch(rid):
             rid = uuid.uuid4().hex.encode()
 

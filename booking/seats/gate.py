@@ -12,6 +12,9 @@ from importlib import resources
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+from booking.batching import MicroBatcher
 
 
 def _script(redis: Redis, name: str) -> AsyncScript:
@@ -57,10 +60,33 @@ class SeatGate:
         self._grab = _script(redis, "grab")
         self._release = _script(redis, "release")
         self._sync = _script(redis, "sync")
+        self._grabs: MicroBatcher[tuple[int, str, str], Decision] = MicroBatcher(
+            self._grab_many, flushers=4, max_batch=256)
+
+    async def close(self) -> None:
+        await self._grabs.close()
 
     async def grab(self, course_id: int, resident_id: str, booking_id: str) -> Decision:
-        reply = await self._grab(keys=course_keys(course_id), args=[resident_id, booking_id])
-        return Decision(*reply)
+        """One run of grab.lua. Concurrent grabs of a process travel in one pipeline (each
+        still its own atomic script), which costs a fraction of a round trip each."""
+        return await self._grabs.submit((course_id, resident_id, booking_id))
+
+    async def _grab_many(self, grabs: list[tuple[int, str, str]]) -> list[Decision | Exception]:
+        replies = await self._pipeline_grabs(grabs)
+        unknown = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if unknown:  # Redis restarted or flushed its scripts: load again, run those again
+            await self.redis.script_load(self._grab.script)
+            again = await self._pipeline_grabs([grabs[i] for i in unknown])
+            for i, reply in zip(unknown, again, strict=True):
+                replies[i] = reply
+        return [reply if isinstance(reply, Exception) else Decision(*reply) for reply in replies]
+
+    async def _pipeline_grabs(self, grabs: list[tuple[int, str, str]]) -> list[object]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for course_id, resident_id, booking_id in grabs:
+                pipe.evalsha(self._grab.sha, 3, *course_keys(course_id), resident_id,
+                             booking_id)
+            return await pipe.execute(raise_on_error=False)
 
     async def release(self, course_id: int, resident_id: str, booking_id: str) -> bool:
         """Give a seat back; False when that booking held no seat (already given back)."""
