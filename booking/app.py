@@ -68,7 +68,6 @@ async def _stores(app: Litestar, settings: Settings) -> AsyncIterator[None]:
     redis = open_redis(settings.redis_url)
     gate = SeatGate(redis)
     ledger = BookingLedger(pool, gate)
-    ledger.start()
     app.state.services = Services(
         settings=settings, pool=pool, gate=gate, ledger=ledger,
         loader=CourseLoader(pool, gate, settings.pending_timeout_s),

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
+from booking.batching import MicroBatcher
 from booking.seats import SeatGate
 
 log = logging.getLogger("booking.ledger")
@@ -44,7 +45,6 @@ class NewBooking:
     resident_id: str
     created_at: datetime
     queued_at: float = 0.0
-    done: asyncio.Future[None] | None = field(default=None, repr=False)
 
 
 class BookingLedger:
@@ -52,55 +52,41 @@ class BookingLedger:
                  max_batch: int = 1000, deadline_s: float = 10.0) -> None:
         self._pool = pool
         self._gate = gate
-        self._flushers = flushers
-        self._max_batch = max_batch
         self._deadline_s = deadline_s
-        self._queue: list[NewBooking] = []
-        self._wakeup = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._batcher: MicroBatcher[NewBooking, None] = MicroBatcher(
+            self._write, flushers=flushers, max_batch=max_batch)
         self.batches = 0
         self.rows = 0
 
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._flush_forever()) for _ in range(self._flushers)]
-
     async def close(self) -> None:
-        while self._queue:
-            await asyncio.sleep(0.01)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._batcher.close()
 
     async def record(self, booking: NewBooking) -> None:
         """Return once the booking row is committed; raise CommitFailed otherwise."""
-        loop = asyncio.get_running_loop()
-        booking.done = loop.create_future()
-        booking.queued_at = loop.time()
-        self._queue.append(booking)
-        self._wakeup.set()
-        await booking.done
+        booking.queued_at = asyncio.get_running_loop().time()
+        await self._batcher.submit(booking)
 
-    async def _flush_forever(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
-            if not self._queue:
-                self._wakeup.clear()
-            if batch:
-                try:
-                    await self._flush(batch)
-                except Exception as exc:  # never let a flusher die
-                    log.exception("flush failed")
-                    _fail(batch, CommitFailed(f"unexpected: {exc}", certain=False))
-
-    async def _flush(self, batch: list[NewBooking]) -> None:
+    async def _write(self, batch: list[NewBooking]) -> list[CommitFailed | None]:
+        """One INSERT for the batch; the outcome of each row, in order."""
+        outcome: dict[str, CommitFailed | None] = {}
         cutoff = asyncio.get_running_loop().time() - self._deadline_s
-        late = [b for b in batch if b.queued_at < cutoff]
-        _fail(late, CommitFailed("waited too long for the database"))
-        batch = [b for b in batch if b.queued_at >= cutoff]
-        if not batch:
-            return
+        for booking in batch:
+            if booking.queued_at < cutoff:
+                outcome[booking.id] = CommitFailed("waited too long for the database")
+        todo = [b for b in batch if b.id not in outcome]
+        if todo:
+            outcome.update(await self._insert(todo))
+        committed = [b for b in todo if outcome[b.id] is None]
+        self.batches += 1
+        self.rows += len(committed)
+        if committed:
+            try:
+                await self._gate.settle((b.course_id, b.resident_id) for b in committed)
+            except Exception as exc:  # the reconciler clears pending marks too
+                log.warning("could not clear pending marks: %s", exc)
+        return [outcome[b.id] for b in batch]
+
+    async def _insert(self, batch: list[NewBooking]) -> dict[str, CommitFailed | None]:
         try:
             async with self._pool.acquire() as conn:
                 try:
@@ -108,44 +94,24 @@ class BookingLedger:
                                        [b.course_id for b in batch],
                                        [b.resident_id for b in batch],
                                        [b.created_at for b in batch])
-                    committed = batch
+                    return dict.fromkeys((b.id for b in batch), None)
                 except asyncpg.IntegrityConstraintViolationError:
-                    committed = await self._insert_one_by_one(conn, batch)
+                    return await self._insert_one_by_one(conn, batch)
         except asyncpg.PostgresError as exc:
-            _fail(batch, CommitFailed(f"{type(exc).__name__}: {exc}"))
-            return
+            failed = CommitFailed(f"{type(exc).__name__}: {exc}")
         except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
-            _fail(batch, CommitFailed(f"{type(exc).__name__}: {exc}", certain=False))
-            return
-        self.batches += 1
-        self.rows += len(committed)
-        for booking in committed:
-            _resolve(booking)
-        try:
-            await self._gate.settle((b.course_id, b.resident_id) for b in committed)
-        except Exception as exc:  # the reconciler clears pending marks too
-            log.warning("could not clear pending marks: %s", exc)
+            failed = CommitFailed(f"{type(exc).__name__}: {exc}", certain=False)
+        return dict.fromkeys((b.id for b in batch), failed)
 
     async def _insert_one_by_one(self, conn: asyncpg.Connection,
-                                 batch: list[NewBooking]) -> list[NewBooking]:
-        committed = []
+                                 batch: list[NewBooking]) -> dict[str, CommitFailed | None]:
+        outcome: dict[str, CommitFailed | None] = {}
         for booking in batch:
             try:
                 await conn.execute(INSERT_ONE, booking.id, booking.course_id,
                                    booking.resident_id, booking.created_at)
-                committed.append(booking)
+                outcome[booking.id] = None
             except asyncpg.IntegrityConstraintViolationError as exc:
                 name = getattr(exc, "constraint_name", None)
-                _fail([booking], CommitFailed(f"refused by {name}", constraint=name))
-        return committed
-
-
-def _resolve(booking: NewBooking) -> None:
-    if booking.done is not None and not booking.done.done():
-        booking.done.set_result(None)
-
-
-def _fail(batch: list[NewBooking], error: CommitFailed) -> None:
-    for booking in batch:
-        if booking.done is not None and not booking.done.done():
-            booking.done.set_exception(error)
+                outcome[booking.id] = CommitFailed(f"refused by {name}", constraint=name)
+        return outcome
