@@ -20,6 +20,7 @@ from booking.db import create_pool
 from booking.errors import EXCEPTION_HANDLERS
 from booking.ledger import BookingLedger
 from booking.middleware import request_id
+from booking.readcache import ReadCache
 from booking.reconcile import CourseLoader, sweep_forever
 from booking.seats import SeatGate
 from booking.settings import ConfigError, Settings
@@ -71,7 +72,7 @@ async def _stores(app: Litestar, settings: Settings) -> AsyncIterator[None]:
     app.state.services = Services(
         settings=settings, pool=pool, gate=gate, ledger=ledger,
         loader=CourseLoader(pool, gate, settings.pending_timeout_s),
-        auth=Authenticator(settings.secret))
+        auth=Authenticator(settings.secret), reads=ReadCache())
     sweeper = asyncio.create_task(sweep_forever(pool, gate, settings.pending_timeout_s,
                                                 settings.reconcile_interval_s))
     try:

@@ -9,6 +9,7 @@ from litestar import Request
 
 from booking.auth import Authenticator
 from booking.ledger import BookingLedger
+from booking.readcache import ReadCache
 from booking.reconcile import CourseLoader
 from booking.seats import SeatGate
 from booking.settings import Settings
@@ -22,6 +23,7 @@ class Services:
     ledger: BookingLedger
     loader: CourseLoader
     auth: Authenticator
+    reads: ReadCache
 
 
 def services(request: Request) -> Services:

@@ -154,6 +154,7 @@ async def create_course(request: Request, data: CourseIn) -> CourseOut:
             data.starts_at, data.ends_at, data.capacity, data.price_cents, data.sales_open_at)
     except asyncpg.IntegrityConstraintViolationError as exc:
         raise constraint_error(exc) from exc
+    s.reads.clear()
     loaded = await s.loader.load(course_id)
     return course_out(await fetch_course(s, course_id), loaded.seats_left if loaded else None)
 
@@ -184,10 +185,10 @@ async def list_courses(
     elif available is False:
         where.append("NOT (c.status = 'published' AND c.active_bookings < c.capacity)")
     args += [limit + 1, offset]
-    rows = await s.pool.fetch(
-        f"SELECT {COLUMNS} FROM courses c JOIN venues v ON v.id = c.venue_id "
-        f"WHERE {' AND '.join(where)} ORDER BY c.starts_at, c.id "
-        f"LIMIT ${len(args) - 1} OFFSET ${len(args)}", *args)
+    sql = (f"SELECT {COLUMNS} FROM courses c JOIN venues v ON v.id = c.venue_id "
+           f"WHERE {' AND '.join(where)} ORDER BY c.starts_at, c.id "
+           f"LIMIT ${len(args) - 1} OFFSET ${len(args)}")
+    rows = await s.reads.get((sql, *args), lambda: s.pool.fetch(sql, *args))
     more = len(rows) > limit
     rows = rows[:limit]
     counts = await live_seats(s, [row["id"] for row in rows])
@@ -199,7 +200,7 @@ async def list_courses(
 async def get_course(request: Request, course_id: CourseId) -> CourseOut:
     """One course with its live seats_left."""
     s = services(request)
-    row = await fetch_course(s, course_id)
+    row = await s.reads.get(("course", course_id), lambda: fetch_course(s, course_id))
     (count,) = await live_seats(s, [course_id])
     return course_out(row, count)
 
@@ -229,6 +230,7 @@ async def update_course(request: Request, course_id: CourseId,
                 raise constraint_error(exc) from exc
             if changes.get("status") == "cancelled":
                 await conn.execute(CANCEL_COURSE_BOOKINGS, course_id)
+    s.reads.clear()
     loaded = await s.loader.load(course_id)
     return course_out(await fetch_course(s, course_id), loaded.seats_left if loaded else None)
 
