@@ -82,8 +82,10 @@ async def run_crowd(base_url: str, secret: str, term: DemoTerm, residents: int) 
     from booking.auth import mint
 
     rng = random.Random(7)
-    limits = httpx.Limits(max_connections=200)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as http:
+    # httpx slows down sharply with hundreds of pooled connections; a few dozen keep it quick.
+    limits = httpx.Limits(max_connections=32)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as http, \
+            httpx.AsyncClient(base_url=base_url, timeout=30) as watcher:
         await asyncio.sleep(max(0.0, (term.opens_at - datetime.now(UTC)).total_seconds()))
         print(f"[demo] Sales are open: {residents} residents rush {len(term.hot_course_ids)} "
               "hot courses.", flush=True)
@@ -101,12 +103,15 @@ async def run_crowd(base_url: str, secret: str, term: DemoTerm, residents: int) 
 
         started = time.monotonic()
         rush = asyncio.gather(*(person(n) for n in range(residents)))
+        shown: list[int] = []
         while not rush.done():
-            await asyncio.sleep(0.5)
-            left = [(await http.get(f"/v1/courses/{c}")).json()["seats_left"]
+            await asyncio.sleep(0.25)
+            left = [(await watcher.get(f"/v1/courses/{c}")).json()["seats_left"]
                     for c in term.hot_course_ids]
-            print(f"[demo] {time.monotonic() - started:5.1f} s  seats left on hot courses: "
-                  f"{left}", flush=True)
+            if left != shown:
+                print(f"[demo] {time.monotonic() - started:5.1f} s  seats left on hot courses: "
+                      f"{left}", flush=True)
+                shown = left
         await rush
         left = [(await http.get(f"/v1/courses/{c}")).json()["seats_left"]
                 for c in term.hot_course_ids]
