@@ -14,6 +14,7 @@ import msgspec
 from litestar import Request
 
 from booking.errors import ApiError
+from booking.fields import NO_NUL
 
 Role = Literal["resident", "venue", "operator"]
 ROLES: tuple[str, ...] = ("resident", "venue", "operator")
@@ -22,7 +23,7 @@ _CACHE_LIMIT = 50_000
 
 
 class Principal(msgspec.Struct, frozen=True):
-    sub: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    sub: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=NO_NUL)]
     role: Role
     venue_id: Annotated[int, msgspec.Meta(ge=1)] | None = None
     exp: float | None = None

@@ -15,8 +15,8 @@ from litestar import Request, Response, delete, get, post
 from litestar.openapi import ResponseSpec
 
 from booking.context import Services, services
-from booking.courses import CourseId, check_owner, fetch_course
-from booking.errors import ApiError, ErrorBody, answer, not_found, unavailable
+from booking.courses import CourseId, check_owner, existing_id, fetch_course
+from booking.errors import ApiError, answer, not_found, secured, unavailable
 from booking.ledger import CommitFailed, NewBooking
 
 log = logging.getLogger("booking.bookings")
@@ -68,16 +68,16 @@ def not_open(opens_at_ms: int) -> ApiError:
 
 
 @post("/v1/courses/{course_id:int}/bookings", operation_id="grabSeat", tags=["bookings"],
-      status_code=201, responses={
+      status_code=201, security=[{"bearer": []}], responses={
+          **secured(404, 409)["responses"],
           200: ResponseSpec(BookingOut, description="The booking this resident already holds"),
-          409: ResponseSpec(ErrorBody, description="sold_out, not_open or course_cancelled"),
       })
 async def grab_seat(request: Request, course_id: CourseId) -> Response[BookingOut]:
     """Grab a seat: 201 with a new booking, 200 with the one already held, or 409 saying why not."""
     s = services(request)
     resident_id = s.auth.require(request, "resident").sub
     booking_id = str(uuid.uuid4())
-    decision = await s.gate.grab(course_id, resident_id, booking_id)
+    decision = await s.gate.grab(existing_id(course_id), resident_id, booking_id)
     if decision.outcome == "missing":
         if await s.loader.load(course_id) is None:
             raise not_found("course")
@@ -140,7 +140,7 @@ async def _held_booking(s: Services, booking_id: str) -> BookingOut:
 
 
 @delete("/v1/bookings/{booking_id:uuid}", operation_id="cancelBooking", tags=["bookings"],
-        status_code=200)
+        status_code=200, **secured(404))
 async def cancel_booking(request: Request, booking_id: uuid.UUID) -> BookingOut:
     """Cancel your booking; the seat can be grabbed again at once."""
     s = services(request)
@@ -156,7 +156,7 @@ async def cancel_booking(request: Request, booking_id: uuid.UUID) -> BookingOut:
     return booking_out(row)
 
 
-@get("/v1/me/bookings", operation_id="myBookings", tags=["bookings"])
+@get("/v1/me/bookings", operation_id="myBookings", tags=["bookings"], **secured())
 async def my_bookings(request: Request) -> list[BookingOut]:
     """Your bookings, newest first, cancelled ones included."""
     s = services(request)
@@ -164,7 +164,8 @@ async def my_bookings(request: Request) -> list[BookingOut]:
     return [booking_out(row) for row in await s.pool.fetch(MY_BOOKINGS, resident_id)]
 
 
-@get("/v1/courses/{course_id:int}/bookings", operation_id="courseRoster", tags=["bookings"])
+@get("/v1/courses/{course_id:int}/bookings", operation_id="courseRoster", tags=["bookings"],
+     **secured(404))
 async def course_roster(request: Request,
                         course_id: CourseId) -> list[BookingOut]:
     """The active bookings of a course (its venue or an operator)."""

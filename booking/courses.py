@@ -12,16 +12,16 @@ from litestar.params import Parameter
 
 from booking.auth import Principal
 from booking.context import Services, services
-from booking.errors import ApiError, forbidden, not_found
+from booking.errors import ApiError, documented, forbidden, not_found, secured
+from booking.fields import MAX_ID, NO_NUL
 
 MAX_CAPACITY = 10_000
 MAX_PRICE_CENTS = 10_000_000
-MAX_ID = 2**63 - 1
-CourseId = Annotated[int, Parameter(ge=1, le=MAX_ID, description="Course id")]
+CourseId = Annotated[int, Parameter(description="Course id")]
 
-ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-Category = Annotated[str, msgspec.Meta(min_length=1, max_length=60)]
-Description = Annotated[str, msgspec.Meta(max_length=5000)]
+ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+Category = Annotated[str, msgspec.Meta(min_length=1, max_length=60, pattern=NO_NUL)]
+Description = Annotated[str, msgspec.Meta(max_length=5000, pattern=NO_NUL)]
 Moment = Annotated[datetime, msgspec.Meta(tz=True)]
 Capacity = Annotated[int, msgspec.Meta(ge=1, le=MAX_CAPACITY)]
 Price = Annotated[int, msgspec.Meta(ge=0, le=MAX_PRICE_CENTS)]
@@ -126,8 +126,15 @@ async def live_seats(s: Services, course_ids: list[int]) -> list[int | None]:
     return counts
 
 
+def existing_id(course_id: int) -> int:
+    """A course id Postgres could hold; any other is simply not found."""
+    if not 1 <= course_id <= MAX_ID:
+        raise not_found("course")
+    return course_id
+
+
 async def fetch_course(s: Services, course_id: int) -> asyncpg.Record:
-    row = await s.pool.fetchrow(SELECT_COURSE, course_id)
+    row = await s.pool.fetchrow(SELECT_COURSE, existing_id(course_id))
     if row is None:
         raise not_found("course")
     return row
@@ -138,7 +145,7 @@ def check_owner(who: Principal, venue_id: int) -> None:
         raise forbidden("This course belongs to another venue.")
 
 
-@post("/v1/courses", operation_id="createCourse", tags=["courses"])
+@post("/v1/courses", operation_id="createCourse", tags=["courses"], **secured(404, 413))
 async def create_course(request: Request, data: CourseIn) -> CourseOut:
     """Publish a course. A venue publishes for itself; an operator names the venue_id."""
     s = services(request)
@@ -159,12 +166,13 @@ async def create_course(request: Request, data: CourseIn) -> CourseOut:
     return course_out(await fetch_course(s, course_id), loaded.seats_left if loaded else None)
 
 
-@get("/v1/courses", operation_id="listCourses", tags=["courses"])
+@get("/v1/courses", operation_id="listCourses", tags=["courses"],
+     responses=documented(400, 503))
 async def list_courses(
     request: Request,
     venue_id: Annotated[int | None, Parameter(ge=1, le=MAX_ID)] = None,
-    district: Annotated[str | None, Parameter(max_length=100)] = None,
-    category: Annotated[str | None, Parameter(max_length=60)] = None,
+    district: Annotated[str | None, Parameter(max_length=100, pattern=NO_NUL)] = None,
+    category: Annotated[str | None, Parameter(max_length=60, pattern=NO_NUL)] = None,
     available: bool | None = None,
     limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
     offset: Annotated[int, Parameter(ge=0, le=1_000_000)] = 0,
@@ -196,16 +204,18 @@ async def list_courses(
     return CoursePage(items=items, next_offset=offset + limit if more else None)
 
 
-@get("/v1/courses/{course_id:int}", operation_id="getCourse", tags=["courses"])
+@get("/v1/courses/{course_id:int}", operation_id="getCourse", tags=["courses"],
+     responses=documented(400, 404, 503))
 async def get_course(request: Request, course_id: CourseId) -> CourseOut:
     """One course with its live seats_left."""
     s = services(request)
-    row = await s.reads.get(("course", course_id), lambda: fetch_course(s, course_id))
+    row = await s.reads.get(("course", existing_id(course_id)), lambda: fetch_course(s, course_id))
     (count,) = await live_seats(s, [course_id])
     return course_out(row, count)
 
 
-@patch("/v1/courses/{course_id:int}", operation_id="updateCourse", tags=["courses"])
+@patch("/v1/courses/{course_id:int}", operation_id="updateCourse", tags=["courses"],
+       **secured(404, 409, 413))
 async def update_course(request: Request, course_id: CourseId,
                         data: CoursePatch) -> CourseOut:
     """Change a course: capacity (never below active bookings), times, texts, or cancel it."""
@@ -215,7 +225,7 @@ async def update_course(request: Request, course_id: CourseId,
                if getattr(data, name) is not msgspec.UNSET}
     async with s.pool.acquire() as conn, conn.transaction():
         current = await conn.fetchrow(
-            "SELECT venue_id, status FROM courses WHERE id = $1 FOR UPDATE", course_id)
+            "SELECT venue_id, status FROM courses WHERE id = $1 FOR UPDATE", existing_id(course_id))
         if current is None:
             raise not_found("course")
         check_owner(who, current["venue_id"])

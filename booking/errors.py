@@ -9,6 +9,7 @@ import asyncpg
 import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
 from redis.exceptions import RedisError
 
 log = logging.getLogger("booking")
@@ -39,6 +40,29 @@ class ErrorBody(msgspec.Struct):
 
     code: str
     detail: str
+
+
+_MEANINGS = {
+    400: "invalid: malformed JSON, wrong types, values out of range, unknown fields",
+    401: "unauthorized: no token, or a token that is not valid",
+    403: "forbidden: the token's role or venue may not do this",
+    404: "not_found: no such course, venue or booking",
+    409: "a domain answer: sold_out, not_open, course_cancelled, capacity_below_bookings",
+    413: "body_too_large",
+    503: "unavailable: a store did not answer; safe to retry",
+}
+
+
+def documented(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the error answers an operation can give."""
+    return {status: ResponseSpec(ErrorBody, description=_MEANINGS[status])
+            for status in statuses}
+
+
+def secured(*statuses: int) -> dict[str, Any]:
+    """Route options of an operation that needs a bearer token: its security and errors."""
+    return {"security": [{"bearer": []}],
+            "responses": documented(400, 401, 403, *statuses, 503)}
 
 
 def answer(error: ApiError) -> Response[bytes]:
@@ -110,6 +134,10 @@ def _http_error(_: Request, exc: HTTPException) -> Response[dict[str, Any]]:
     return _json(status, code, detail, exc.headers)
 
 
+def _bad_text(_: Request, exc: Exception) -> Response[dict[str, Any]]:
+    return _json(400, "invalid", "Text may not contain NUL characters.")
+
+
 def _store_down(_: Request, exc: Exception) -> Response[dict[str, Any]]:
     log.warning("store unavailable: %s: %s", type(exc).__name__, exc)
     error = unavailable()
@@ -125,6 +153,7 @@ EXCEPTION_HANDLERS = {
     ApiError: _api_error,
     ValidationException: _validation_error,
     HTTPException: _http_error,
+    asyncpg.CharacterNotInRepertoireError: _bad_text,
     RedisError: _store_down,
     asyncpg.PostgresError: _store_down,
     asyncpg.InterfaceError: _store_down,

@@ -8,14 +8,16 @@ import msgspec
 from litestar import Request, get, post
 
 from booking.context import services
+from booking.errors import documented, secured
+from booking.fields import NO_NUL
 
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 
 
 class VenueIn(msgspec.Struct, forbid_unknown_fields=True):
     name: Text
-    district: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    address: Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
+    district: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=NO_NUL)]
+    address: Annotated[str, msgspec.Meta(min_length=1, max_length=300, pattern=NO_NUL)]
     lat: Annotated[float, msgspec.Meta(ge=-90, le=90)]
     lon: Annotated[float, msgspec.Meta(ge=-180, le=180)]
 
@@ -37,7 +39,7 @@ RETURNING {COLUMNS}
 LIST_VENUES = f"SELECT {COLUMNS} FROM venues ORDER BY id LIMIT 1000"
 
 
-@post("/v1/venues", operation_id="createVenue", tags=["venues"])
+@post("/v1/venues", operation_id="createVenue", tags=["venues"], **secured(413))
 async def create_venue(request: Request, data: VenueIn) -> VenueOut:
     """Add a teaching point (operators only)."""
     s = services(request)
@@ -47,7 +49,7 @@ async def create_venue(request: Request, data: VenueIn) -> VenueOut:
     return VenueOut(**dict(row))
 
 
-@get("/v1/venues", operation_id="listVenues", tags=["venues"])
+@get("/v1/venues", operation_id="listVenues", tags=["venues"], responses=documented(503))
 async def list_venues(request: Request) -> list[VenueOut]:
     """All teaching points (public)."""
     rows = await services(request).pool.fetch(LIST_VENUES)

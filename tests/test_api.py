@@ -130,6 +130,7 @@ async def test_no_token_is_401(http):
     jwt.encode({"sub": "x", "role": "resident", "exp": 1}, SECRET, algorithm="HS256"),
     jwt.encode({"role": "resident"}, SECRET, algorithm="HS256"),
     jwt.encode({"sub": "x", "role": "king"}, SECRET, algorithm="HS256"),
+    jwt.encode({"sub": "nul\u0000", "role": "resident"}, SECRET, algorithm="HS256"),
     "not-a-token",
 ])
 async def test_bad_tokens_are_401(http, token):
@@ -178,7 +179,7 @@ async def test_operators_only_create_venues(http):
     {"capacity": -1}, {"capacity": 0}, {"capacity": 10**12}, {"capacity": "ten"},
     {"price_cents": -5}, {"title": ""}, {"starts_at": "tomorrow"},
     {"starts_at": "2027-01-01T10:00:00"},  # no time zone
-    {"surprise": True}, {"venue_id": -3},
+    {"surprise": True}, {"venue_id": -3}, {"title": "nul\u0000byte"},
 ])
 async def test_bad_course_bodies_are_400_and_write_nothing(http, db, change):
     venue = await make_venue(http)
@@ -218,7 +219,7 @@ async def test_malformed_json_is_400(http, body):
     ("GET", "/v1/courses/99999999999999999999"),
     ("POST", "/v1/courses/0/bookings"), ("DELETE", "/v1/bookings/not-a-uuid"),
     ("GET", "/v1/courses?available=maybe"), ("GET", "/v1/courses?limit=100000"),
-    ("GET", "/v1/courses?sort=price"), ("GET", "/nowhere"),
+    ("GET", "/v1/courses?sort=price"), ("GET", "/nowhere"), ("GET", "/v1/courses?district=%00"),
 ])
 async def test_bad_ids_and_queries_are_4xx_json(http, method, path):
     answer = await http.request(method, path, headers=resident("r"))
