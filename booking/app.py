@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -19,7 +18,8 @@ from booking.context import Services, services
 from booking.db import create_pool
 from booking.errors import EXCEPTION_HANDLERS, documented
 from booking.ledger import BookingLedger
-from booking.middleware import request_id
+from booking.middleware import observe
+from booking.observability import configure_logging, metrics_text, seats_left_text
 from booking.readcache import ReadCache
 from booking.reconcile import CourseLoader, sweep_forever
 from booking.seats import SeatGate
@@ -50,6 +50,21 @@ async def ready(request: Request) -> Response[dict[str, str]]:
         body = {"code": "unavailable", "detail": f"A store does not answer: {type(exc).__name__}."}
         return Response(body, status_code=503)
     return Response({"status": "ready"})
+
+
+OPEN_COURSES = "SELECT id FROM courses WHERE status = 'published' AND starts_at > now() ORDER BY id"
+
+
+@get("/metrics", operation_id="metrics", tags=["ops"], media_type="text/plain; version=0.0.4",
+     responses=documented(503))
+async def metrics(request: Request) -> bytes:
+    """Prometheus metrics of every worker, and live seats left of the published courses."""
+    s = services(request)
+    rows = await s.reads.get("open-courses", lambda: s.pool.fetch(OPEN_COURSES))
+    ids = [row["id"] for row in rows]
+    left = await s.gate.seats_left(ids)
+    seats = {cid: n for cid, n in zip(ids, left, strict=True) if n is not None}
+    return metrics_text(seats_left_text(seats))
 
 
 def open_redis(url: str, max_connections: int = 1024) -> Redis:
@@ -97,7 +112,7 @@ def _document_strict_bodies(app: Litestar) -> None:
 def create_app(settings: Settings | None = None) -> Litestar:
     """The ASGI app; settings come from the environment unless given (tests give them)."""
     settings = settings or Settings.from_env()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     openapi = OpenAPIConfig(
         title="booking", version="1.0.0", path="/schema",
         description="Grab seats in hot evening classes; venues publish courses.",
@@ -105,12 +120,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}),
     )
     app = Litestar(
-        route_handlers=[health, ready, *venues.HANDLERS, *courses.HANDLERS, *bookings.HANDLERS],
+        route_handlers=[health, ready, metrics, *venues.HANDLERS, *courses.HANDLERS,
+                        *bookings.HANDLERS],
         lifespan=[lambda app: _stores(app, settings)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=openapi,
         request_max_body_size=MAX_BODY_BYTES,
-        middleware=[request_id],
+        middleware=[observe],
     )
     _document_strict_bodies(app)
     return app

@@ -35,21 +35,6 @@ HOT_SHARE = 0.9
 CHOICES = 5
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--courses", type=int, default=400, help="courses (default 400)")
-    parser.add_argument("--seats", type=int, default=25, help="seats per course (default 25)")
-    parser.add_argument("--residents", type=int, default=100_000,
-                        help="residents in the crowd (default 100000)")
-    parser.add_argument("--concurrency", type=int, default=256,
-                        help="open connections (default 256)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="service worker processes (default: one per core)")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
-    parser.add_argument("--port", type=int, default=8077, help="service port (default 8077)")
-    parser.add_argument("--max-seconds", type=int, default=300,
-                        help="stop the rush after this long (default 300)")
-
-
 def run(args: argparse.Namespace) -> int:
     from booking.cli import stores
 

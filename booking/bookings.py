@@ -18,6 +18,7 @@ from booking.context import Services, services
 from booking.courses import CourseId, check_owner, existing_id, fetch_course
 from booking.errors import ApiError, answer, not_found, secured, unavailable
 from booking.ledger import CommitFailed, NewBooking
+from booking.observability import GRABS
 
 log = logging.getLogger("booking.bookings")
 
@@ -82,6 +83,7 @@ async def grab_seat(request: Request, course_id: CourseId) -> Response[BookingOu
         if await s.loader.load(course_id) is None:
             raise not_found("course")
         decision = await s.gate.grab(course_id, resident_id, booking_id)
+    GRABS.labels(decision.outcome).inc()
     match decision.outcome:
         case "taken":
             return await _commit(s, course_id, resident_id, booking_id)
@@ -104,6 +106,7 @@ async def _commit(s: Services, course_id: int, resident_id: str,
         await s.ledger.record(NewBooking(booking_id, course_id, resident_id, created_at))
     except CommitFailed as exc:
         log.warning("booking %s not committed: %s", booking_id, exc)
+        GRABS.labels("not_committed").inc()
         if exc.certain:
             await _give_back(s, course_id, resident_id, booking_id)
         if exc.constraint is not None:  # the ledger disagrees with the gate: resync the course

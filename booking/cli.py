@@ -76,15 +76,29 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_check)
 
     bench = sub.add_parser("bench", help="rush a release with wrk and report the figures")
-    from booking.bench import add_arguments
-
-    add_arguments(bench)
+    _bench_arguments(bench)
     bench.set_defaults(run=_bench)
 
     reconcile = sub.add_parser("reconcile",
                                help="rebuild the Redis seat counters from Postgres")
     reconcile.set_defaults(run=_reconcile)
     return parser
+
+
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """`booking bench` options (kept here so that parsing imports nothing heavy)."""
+    parser.add_argument("--courses", type=int, default=400, help="courses (default 400)")
+    parser.add_argument("--seats", type=int, default=25, help="seats per course (default 25)")
+    parser.add_argument("--residents", type=int, default=100_000,
+                        help="residents in the crowd (default 100000)")
+    parser.add_argument("--concurrency", type=int, default=256,
+                        help="open connections (default 256)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="service worker processes (default: one per core)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--port", type=int, default=8077, help="service port (default 8077)")
+    parser.add_argument("--max-seconds", type=int, default=300,
+                        help="stop the rush after this long (default 300)")
 
 
 @contextlib.contextmanager
@@ -171,9 +185,16 @@ More tokens: booking token resident <id> | booking token venue <venue id> | book
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    import shutil
 
     settings = Settings.from_env()
+    # Before anything imports prometheus_client: every worker writes its metrics here.
+    metrics_dir = settings.data_dir.resolve() / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    import uvicorn
+
     overrides = {"BOOKING_HOST": args.host, "BOOKING_PORT": args.port,
                  "BOOKING_WORKERS": args.workers}
     env = {**os.environ, **{k: str(v) for k, v in overrides.items() if v is not None}}
@@ -187,7 +208,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"Serving on http://{ready.host}:{ready.port} with {ready.workers} worker(s); "
               f"OpenAPI at /schema. Ctrl-C stops.", flush=True)
         uvicorn.run("booking.app:create_app", factory=True, host=ready.host, port=ready.port,
-                    workers=ready.workers, access_log=False, log_level="warning",
+                    workers=ready.workers, access_log=False, log_level="warning", log_config=None,
                     loop="uvloop", http="httptools", backlog=4096)
     return 0
 

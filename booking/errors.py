@@ -12,6 +12,9 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
 from redis.exceptions import RedisError
 
+from booking.fields import NO_NUL
+from booking.observability import STORE_ERRORS
+
 log = logging.getLogger("booking")
 
 
@@ -113,7 +116,9 @@ def _validation_error(_: Request, exc: ValidationException) -> Response[dict[str
     for item in exc.extra or []:
         if isinstance(item, dict):
             where = f" ({item['key']})" if item.get("key") else ""
-            messages.append(f"{item.get('message', 'invalid value')}{where}")
+            message = str(item.get("message", "invalid value"))
+            message = message.replace(f"matching regex '{NO_NUL}'", "without NUL characters")
+            messages.append(f"{message}{where}")
     detail = "; ".join(messages) or f"The request could not be read: {exc.detail}"
     if not detail.endswith("."):
         detail += "."
@@ -140,6 +145,7 @@ def _bad_text(_: Request, exc: Exception) -> Response[dict[str, Any]]:
 
 def _store_down(_: Request, exc: Exception) -> Response[dict[str, Any]]:
     log.warning("store unavailable: %s: %s", type(exc).__name__, exc)
+    STORE_ERRORS.labels("redis" if isinstance(exc, RedisError) else "postgres").inc()
     error = unavailable()
     return _json(error.status_code, error.code, error.detail, error.headers)
 

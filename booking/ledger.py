@@ -17,6 +17,7 @@ from datetime import datetime
 import asyncpg
 
 from booking.batching import MicroBatcher
+from booking.observability import COMMIT_BATCH_ROWS
 from booking.seats import SeatGate
 
 log = logging.getLogger("booking.ledger")
@@ -77,6 +78,7 @@ class BookingLedger:
         if todo:
             outcome.update(await self._insert(todo))
         committed = [b for b in todo if outcome[b.id] is None]
+        COMMIT_BATCH_ROWS.observe(len(todo))
         self.batches += 1
         self.rows += len(committed)
         if committed:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from booking.observability import RECONCILER_SEATS
 from booking.seats import CourseGateState, SeatGate, SyncResult
 
 log = logging.getLogger("booking.reconcile")
@@ -49,7 +50,12 @@ async def reconcile_course(pool: asyncpg.Pool, gate: SeatGate, course_id: int,
     if ledger is None:
         return None
     stale_before_ms = int((time.time() - pending_timeout_s) * 1000)
-    return await gate.sync(course_id, ledger, settled, stale_before_ms)
+    result = await gate.sync(course_id, ledger, settled, stale_before_ms)
+    if result.given_back:
+        RECONCILER_SEATS.labels("given_back").inc(result.given_back)
+    if result.restored:
+        RECONCILER_SEATS.labels("restored").inc(result.restored)
+    return result
 
 
 @dataclass(slots=True)

@@ -269,3 +269,15 @@ async def test_request_id_is_echoed_or_made(http):
     made = await http.get("/health", headers={"X-Request-Id": "bad id with spaces"})
     assert mine.headers["x-request-id"] == "r17.2"
     assert len(made.headers["x-request-id"]) == 32
+
+
+async def test_metrics_count_grabs_by_outcome_and_show_seats_left(http):
+    course = await make_course(http, capacity=1)
+    await grab(http, course["id"], unique("m"))
+    await grab(http, course["id"], unique("m"))
+    text = (await http.get("/metrics")).text
+    assert 'booking_grabs_total{outcome="taken"}' in text
+    assert 'booking_grabs_total{outcome="sold_out"}' in text
+    assert f'booking_seats_left{{course_id="{course["id"]}"}} 0' in text
+    assert 'route="/v1/courses/{course_id}/bookings"' in text
+    assert "booking_commit_batch_rows_bucket" in text

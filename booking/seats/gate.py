@@ -15,6 +15,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from booking.batching import MicroBatcher
+from booking.observability import GRAB_BATCH_SIZE
 
 
 def _script(redis: Redis, name: str) -> AsyncScript:
@@ -72,6 +73,7 @@ class SeatGate:
         return await self._grabs.submit((course_id, resident_id, booking_id))
 
     async def _grab_many(self, grabs: list[tuple[int, str, str]]) -> list[Decision | Exception]:
+        GRAB_BATCH_SIZE.observe(len(grabs))
         replies = await self._pipeline_grabs(grabs)
         unknown = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if unknown:  # Redis restarted or flushed its scripts: load again, run those again
