@@ -20,6 +20,7 @@ from booking.errors import EXCEPTION_HANDLERS, documented
 from booking.ledger import BookingLedger
 from booking.middleware import observe
 from booking.observability import configure_logging, metrics_text, seats_left_text
+from booking.ratelimit import Limit, RateLimiter
 from booking.readcache import ReadCache
 from booking.reconcile import CourseLoader, sweep_forever
 from booking.seats import SeatGate
@@ -87,7 +88,9 @@ async def _stores(app: Litestar, settings: Settings) -> AsyncIterator[None]:
     app.state.services = Services(
         settings=settings, pool=pool, gate=gate, ledger=ledger,
         loader=CourseLoader(pool, gate, settings.pending_timeout_s),
-        auth=Authenticator(settings.secret), reads=ReadCache())
+        auth=Authenticator(settings.secret), reads=ReadCache(),
+        limiter=RateLimiter(redis, Limit(*settings.rate_per_resident),
+                            Limit(*settings.rate_per_address)))
     sweeper = asyncio.create_task(sweep_forever(pool, gate, settings.pending_timeout_s,
                                                 settings.reconcile_interval_s))
     try:
@@ -96,6 +99,7 @@ async def _stores(app: Litestar, settings: Settings) -> AsyncIterator[None]:
         sweeper.cancel()
         await ledger.close()
         await gate.close()
+        await app.state.services.limiter.close()
         await redis.aclose()
         await pool.close()
 

@@ -57,6 +57,11 @@ def booking_out(row: asyncpg.Record) -> BookingOut:
 
 
 SOLD_OUT = ApiError(409, "sold_out", "Every seat of this course is taken.")
+def rate_limited(wait_s: float) -> ApiError:
+    return ApiError(429, "rate_limited", "Too many grabs; please wait a moment.",
+                    headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
+
+
 COURSE_CANCELLED = ApiError(409, "course_cancelled", "This course is cancelled.")
 
 
@@ -70,13 +75,17 @@ def not_open(opens_at_ms: int) -> ApiError:
 
 @post("/v1/courses/{course_id:int}/bookings", operation_id="grabSeat", tags=["bookings"],
       status_code=201, security=[{"bearer": []}], responses={
-          **secured(404, 409)["responses"],
+          **secured(404, 409, 429)["responses"],
           200: ResponseSpec(BookingOut, description="The booking this resident already holds"),
       })
 async def grab_seat(request: Request, course_id: CourseId) -> Response[BookingOut]:
     """Grab a seat: 201 with a new booking, 200 with the one already held, or 409 saying why not."""
     s = services(request)
     resident_id = s.auth.require(request, "resident").sub
+    wait_s = await s.limiter.wait_s(resident_id, request.client.host if request.client else "-")
+    if wait_s:
+        GRABS.labels("rate_limited").inc()
+        return answer(rate_limited(wait_s))  # type: ignore[return-value]
     booking_id = str(uuid.uuid4())
     decision = await s.gate.grab(existing_id(course_id), resident_id, booking_id)
     if decision.outcome == "missing":

@@ -9,6 +9,7 @@ from litestar import Request
 
 from booking.auth import Authenticator
 from booking.ledger import BookingLedger
+from booking.ratelimit import RateLimiter
 from booking.readcache import ReadCache
 from booking.reconcile import CourseLoader
 from booking.seats import SeatGate
@@ -24,6 +25,7 @@ class Services:
     loader: CourseLoader
     auth: Authenticator
     reads: ReadCache
+    limiter: RateLimiter
 
 
 def services(request: Request) -> Services:

@@ -52,6 +52,7 @@ _MEANINGS = {
     404: "not_found: no such course, venue or booking",
     409: "a domain answer: sold_out, not_open, course_cancelled, capacity_below_bookings",
     413: "body_too_large",
+    429: "rate_limited: too many grabs from this resident or address; see Retry-After",
     503: "unavailable: a store did not answer; safe to retry",
 }
 

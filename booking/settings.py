@@ -25,6 +25,8 @@ class Settings:
     pending_timeout_s: float = 30.0
     reconcile_interval_s: float = 5.0
     db_pool_size: int = 8
+    rate_per_resident: tuple[int, float] = (30, 10.0)
+    rate_per_address: tuple[int, float] = (3000, 10.0)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -46,6 +48,8 @@ class Settings:
             pending_timeout_s=_int(env, "BOOKING_PENDING_TIMEOUT", 30, 5, 3600),
             reconcile_interval_s=_int(env, "BOOKING_RECONCILE_INTERVAL", 5, 1, 3600),
             db_pool_size=_int(env, "BOOKING_DB_POOL_SIZE", 8, 2, 200),
+            rate_per_resident=_rate(env, "BOOKING_RATE_RESIDENT", (30, 10.0)),
+            rate_per_address=_rate(env, "BOOKING_RATE_ADDRESS", (3000, 10.0)),
         )
 
     def with_urls(self, database_url: str, redis_url: str) -> Settings:
@@ -72,6 +76,23 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     if not low <= value <= high:
         raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {raw!r}.")
     return value
+
+
+def _rate(env: Mapping[str, str], name: str, default: tuple[int, float]) -> tuple[int, float]:
+    """`<requests>/<seconds>`, e.g. `30/10`; `0` turns the limit off."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if raw == "0":
+        return (0, 1.0)
+    count, _, seconds = raw.partition("/")
+    try:
+        limit = (int(count), float(seconds))
+    except ValueError:
+        limit = (0, 0.0)
+    if not (1 <= limit[0] <= 10**9 and 0.1 <= limit[1] <= 86400):
+        raise ConfigError(f"{name} must look like 30/10 (requests per seconds) or 0, got {raw!r}.")
+    return limit
 
 
 def _stored_secret(data_dir: Path) -> str:

@@ -8,19 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
 
 from booking.batching import MicroBatcher
 from booking.observability import GRAB_BATCH_SIZE
-
-
-def _script(redis: Redis, name: str) -> AsyncScript:
-    source = resources.files("booking.seats").joinpath(f"{name}.lua").read_text()
-    return redis.register_script(source)
+from booking.scripts import load_script, run_many
 
 
 def course_keys(course_id: int) -> tuple[str, str, str]:
@@ -58,9 +51,9 @@ class SyncResult:
 class SeatGate:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._grab = _script(redis, "grab")
-        self._release = _script(redis, "release")
-        self._sync = _script(redis, "sync")
+        self._grab = load_script(redis, "booking.seats", "grab")
+        self._release = load_script(redis, "booking.seats", "release")
+        self._sync = load_script(redis, "booking.seats", "sync")
         self._grabs: MicroBatcher[tuple[int, str, str], Decision] = MicroBatcher(
             self._grab_many, flushers=4, max_batch=256)
 
@@ -74,21 +67,11 @@ class SeatGate:
 
     async def _grab_many(self, grabs: list[tuple[int, str, str]]) -> list[Decision | Exception]:
         GRAB_BATCH_SIZE.observe(len(grabs))
-        replies = await self._pipeline_grabs(grabs)
-        unknown = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if unknown:  # Redis restarted or flushed its scripts: load again, run those again
-            await self.redis.script_load(self._grab.script)
-            again = await self._pipeline_grabs([grabs[i] for i in unknown])
-            for i, reply in zip(unknown, again, strict=True):
-                replies[i] = reply
-        return [reply if isinstance(reply, Exception) else Decision(*reply) for reply in replies]
-
-    async def _pipeline_grabs(self, grabs: list[tuple[int, str, str]]) -> list[object]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for course_id, resident_id, booking_id in grabs:
-                pipe.evalsha(self._grab.sha, 3, *course_keys(course_id), resident_id,
-                             booking_id)
-            return await pipe.execute(raise_on_error=False)
+        replies = await run_many(self.redis, self._grab, [
+            (course_keys(course_id), (resident_id, booking_id))
+            for course_id, resident_id, booking_id in grabs])
+        return [reply if isinstance(reply, Exception) else Decision(*reply)  # type: ignore[misc]
+                for reply in replies]
 
     async def release(self, course_id: int, resident_id: str, booking_id: str) -> bool:
         """Give a seat back; False when that booking held no seat (already given back)."""
