@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
     if shutil.which("wrk") is None:
         raise ConfigError("booking bench needs wrk: apt-get install wrk.")
+    if not 0 <= args.flood <= 0.9:
+        raise ConfigError("--flood is a share of the requests, from 0 to 0.9.")
     if min(args.courses, args.seats, args.residents, args.concurrency, args.workers,
            args.threads) < 1:
         raise ConfigError("--courses, --seats, --residents, --concurrency, --workers and "
@@ -101,7 +103,8 @@ def _rush(settings: Settings, args: argparse.Namespace, server: subprocess.Popen
     env = {**os.environ, "BENCH_TOKENS": str(tokens),
            "BENCH_COURSES": ",".join(map(str, release.course_ids)), "BENCH_HOT": str(hot),
            "BENCH_HOT_SHARE": str(HOT_SHARE), "BENCH_CHOICES": str(CHOICES),
-           "BENCH_THREADS": str(args.threads), "BENCH_OUT": str(work / "wrk")}
+           "BENCH_THREADS": str(args.threads), "BENCH_OUT": str(work / "wrk"),
+           "BENCH_FLOOD": str(args.flood)}
     script = work / "bench_rush.lua"
     script.write_text(resources.files("booking").joinpath("bench_rush.lua").read_text())
     service = _service_processes(server)
@@ -215,7 +218,8 @@ def _report(args: argparse.Namespace, wrk_output: str, counts: Counter[str], rus
     decisions = sum(n for key, n in counts.items()
                     if key.split(":")[0] in ("200", "201", "409"))
     confirmed = counts.get("201", 0)
-    status_5xx = sum(n for key, n in counts.items() if key.startswith("5"))
+    status_5xx = sum(n for key, n in counts.items() if key.split(":")[-1].startswith("5"))
+    flood = {key: n for key, n in counts.items() if key.startswith("flood:")}
     figures: dict[str, object] = {
         "decisions_per_s": round(decisions / rush_s, 1),
         "confirmed_per_s": round(confirmed / sellout_s, 1) if sellout_s else None,
@@ -224,12 +228,13 @@ def _report(args: argparse.Namespace, wrk_output: str, counts: Counter[str], rus
         "sellout_s": round(sellout_s, 3) if sellout_s else None,
         "rush_s": round(rush_s, 3), "decisions": decisions, "confirmed": confirmed,
         "status_counts": dict(sorted(counts.items())), "status_5xx": status_5xx,
+        "flood_answers": flood,
         "socket_errors": wrk.get("socket_errors", {}),
         "violations": len(report.violations),
         "client_cpu_s": round(client_cpu, 2), "server_cpu_s": round(server_cpu, 2),
         "stores_cpu_s": round(stores_cpu, 2),
         "options": {k: getattr(args, k) for k in ("courses", "seats", "residents",
-                                                  "concurrency", "workers", "threads")},
+                                                  "concurrency", "workers", "threads", "flood")},
     }
     print(f"""
 Rush of {args.residents} residents at {args.courses} courses x {args.seats} seats
@@ -239,6 +244,7 @@ Rush of {args.residents} residents at {args.courses} courses x {args.seats} seat
   latency p50/p95/p99/max: {figures['p50_ms']} / {figures['p95_ms']} / {figures['p99_ms']} / \
 {figures['max_ms']} ms
   answers:                 {dict(sorted(counts.items()))}
+  (flood answers are the abuser's; decisions and rates count honest residents only)
   socket errors:           {figures['socket_errors']}
   CPU seconds:             client (wrk) {figures['client_cpu_s']}, service \
 {figures['server_cpu_s']}, Postgres+Redis {figures['stores_cpu_s']}

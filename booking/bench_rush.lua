@@ -8,7 +8,9 @@
 --
 -- Environment: BENCH_TOKENS (file, one token per line), BENCH_COURSES (comma-separated ids,
 -- hottest first), BENCH_HOT (how many are hot), BENCH_HOT_SHARE (0..1), BENCH_CHOICES,
--- BENCH_THREADS, BENCH_OUT (file prefix for this run's outputs).
+-- BENCH_THREADS, BENCH_OUT (file prefix for this run's outputs), BENCH_FLOOD (0..1: the share
+-- of requests an abuser sends, all with one token from one address, answered 429).
+-- Each resident sends X-Forwarded-For with an address of its own, as from its own phone.
 
 local thread_index = 0
 
@@ -18,7 +20,7 @@ function setup(thread)
 end
 
 local tokens, courses = {}, {}
-local hot, hot_share, choices, out
+local hot, hot_share, choices, out, flood, flood_seed
 local next_resident, last_resident
 local retry = {}
 local outstanding = 0
@@ -39,6 +41,8 @@ function init(args)
   hot = tonumber(os.getenv("BENCH_HOT"))
   hot_share = tonumber(os.getenv("BENCH_HOT_SHARE"))
   choices = tonumber(os.getenv("BENCH_CHOICES"))
+  flood = tonumber(os.getenv("BENCH_FLOOD") or "0")
+  flood_seed = 12345 + tid
   out = os.getenv("BENCH_OUT") .. "-" .. tid
   local threads = tonumber(os.getenv("BENCH_THREADS"))
   local share = math.ceil(#tokens / threads)
@@ -72,6 +76,18 @@ local function grab(resident, attempt)
   return wrk.format("POST", "/v1/courses/" .. course .. "/bookings", {
     ["Authorization"] = "Bearer " .. tokens[resident],
     ["X-Request-Id"] = resident .. "." .. attempt .. "." .. course,
+    ["X-Forwarded-For"] = "10." .. math.floor(resident / 65536) % 256 .. "." ..
+                          math.floor(resident / 256) % 256 .. "." .. resident % 256,
+    ["Content-Length"] = "0",
+  })
+end
+
+-- The abuser: the same resident and address over and over, at a hot course.
+local function abuse()
+  return wrk.format("POST", "/v1/courses/" .. courses[1] .. "/bookings", {
+    ["Authorization"] = "Bearer " .. tokens[1],
+    ["X-Request-Id"] = "flood",
+    ["X-Forwarded-For"] = "203.0.113.7",
     ["Content-Length"] = "0",
   })
 end
@@ -80,6 +96,10 @@ function request()
   if verifying then
     verifying = false
     return wrk.format("GET", "/health")
+  end
+  if flood > 0 then
+    flood_seed = (flood_seed * 1103515245 + 12345) % 2147483648
+    if flood_seed / 2147483648 < flood then return abuse() end
   end
   local item = table.remove(retry)
   if item then return grab(item[1], item[2]) end
@@ -103,7 +123,10 @@ end
 
 function response(status, headers, body)
   local rid = headers["x-request-id"] or headers["X-Request-Id"]
-  if rid ~= "idle" then
+  if rid == "flood" then
+    local key = "flood:" .. status
+    counts[key] = (counts[key] or 0) + 1
+  elseif rid ~= "idle" then
     outstanding = outstanding - 1
     local resident, attempt, course = string.match(rid or "", "^(%d+)%.(%d+)%.(%d+)$")
     resident, attempt = tonumber(resident), tonumber(attempt)

@@ -97,6 +97,9 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="service worker processes (default: one per core)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--port", type=int, default=8077, help="service port (default 8077)")
+    parser.add_argument("--flood", type=float, default=0.0, metavar="SHARE",
+                        help="share of requests (0-0.9) sent by one abuser from one address, "
+                             "to show that refusing them (429) does not slow honest grabs")
     parser.add_argument("--max-seconds", type=int, default=300,
                         help="stop the rush after this long (default 300)")
 

@@ -25,33 +25,32 @@ class RateLimiter:
     def __init__(self, redis: Redis, per_resident: Limit, per_address: Limit) -> None:
         self._redis = redis
         self._script = load_script(redis, "booking", "ratelimit")
-        self._limits = (per_resident, per_address)
+        self._limits = [(prefix, limit.requests, int(limit.window_s * 1000))
+                        for prefix, limit in (("r", per_resident), ("a", per_address))
+                        if limit.requests]
         self._checks: MicroBatcher[tuple[str, str], float] = MicroBatcher(
             self._check_many, flushers=4, max_batch=256)
-
-    @property
-    def enabled(self) -> bool:
-        return any(limit.requests for limit in self._limits)
 
     async def close(self) -> None:
         await self._checks.close()
 
     async def wait_s(self, resident_id: str, address: str) -> float:
         """0 when this grab may go ahead, else how many seconds to wait."""
-        if not self.enabled:
+        if not self._limits:
             return 0.0
         return await self._checks.submit((resident_id, address))
 
     async def _check_many(self, requests: list[tuple[str, str]]) -> list[float | Exception]:
         calls = []
         for resident_id, address in requests:
-            for key, limit in ((f"rate:{{r:{resident_id}}}", self._limits[0]),
-                               (f"rate:{{a:{address}}}", self._limits[1])):
-                calls.append(((key,), (limit.requests, int(limit.window_s * 1000))))
+            for prefix, count, window_ms in self._limits:
+                subject = address if prefix == "a" else resident_id
+                calls.append(((f"rate:{{{prefix}:{subject}}}",), (count, window_ms)))
         replies = await run_many(self._redis, self._script, calls)
+        per_request = len(self._limits)
         waits: list[float | Exception] = []
-        for resident_reply, address_reply in zip(replies[::2], replies[1::2], strict=True):
-            failed = next((r for r in (resident_reply, address_reply)
-                           if isinstance(r, Exception)), None)
-            waits.append(failed or max(int(resident_reply), int(address_reply)) / 1000)
+        for i in range(len(requests)):
+            mine = replies[i * per_request:(i + 1) * per_request]
+            failed = next((r for r in mine if isinstance(r, Exception)), None)
+            waits.append(failed or max(int(r) for r in mine) / 1000)  # type: ignore[arg-type]
         return waits
