@@ -281,3 +281,21 @@ async def test_metrics_count_grabs_by_outcome_and_show_seats_left(http):
     assert f'booking_seats_left{{course_id="{course["id"]}"}} 0' in text
     assert 'route="/v1/courses/{course_id}/bookings"' in text
     assert "booking_commit_batch_rows_bucket" in text
+
+
+async def test_unicode_in_every_string_comes_back_as_sent(http):
+    text = "书法 ✍️ كتابة \U0001d518\U0001d52b \u200d"  # CJK, emoji, Arabic, astral, ZWJ
+    venue = await http.post("/v1/venues", headers=OPERATOR, json={
+        "name": text, "district": text, "address": text, "lat": 0, "lon": 0})
+    assert venue.status_code == 201 and venue.json()["name"] == text
+    body = course_body(venue.json()["id"], 3, title=text, category=text, teacher=text,
+                       description=text)
+    course = await http.post("/v1/courses", json=body, headers=OPERATOR)
+    assert course.status_code == 201
+    page = (await http.get(f"/v1/courses/{course.json()['id']}")).json()
+    assert all(page[field] == text for field in ("title", "category", "teacher", "description",
+                                                 "district"))
+    listed = (await http.get("/v1/courses", params={"district": text})).json()["items"]
+    assert [c["id"] for c in listed] == [course.json()["id"]]
+    booked = await grab(http, course.json()["id"], "居民-" + text)
+    assert booked.status_code == 201 and booked.json()["resident_id"] == "居民-" + text
