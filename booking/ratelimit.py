@@ -29,7 +29,7 @@ class RateLimiter:
                         for prefix, limit in (("r", per_resident), ("a", per_address))
                         if limit.requests]
         self._checks: MicroBatcher[tuple[str, str], float] = MicroBatcher(
-            self._check_many, flushers=4, max_batch=256)
+            self._check_many, flushers=1, max_batch=512)
 
     async def close(self) -> None:
         await self._checks.close()

@@ -55,7 +55,7 @@ class SeatGate:
         self._release = load_script(redis, "booking.seats", "release")
         self._sync = load_script(redis, "booking.seats", "sync")
         self._grabs: MicroBatcher[tuple[int, str, str], Decision] = MicroBatcher(
-            self._grab_many, flushers=4, max_batch=256)
+            self._grab_many, flushers=1, max_batch=512)
 
     async def close(self) -> None:
         await self._grabs.close()
