@@ -125,8 +125,7 @@ async def _commit(s: Services, course_id: int, resident_id: str,
             row = await s.pool.fetchrow(SELECT_ACTIVE, course_id, resident_id)
             if row is not None:
                 return Response(booking_out(row), status_code=200)
-        raise unavailable("Your seat could not be saved and was given back; please try again."
-                          ) from exc
+        raise unavailable("Your seat could not be saved; please try again.") from exc
     body = BookingOut(booking_id, course_id, resident_id, "confirmed", created_at)
     return Response(body, status_code=201)
 
