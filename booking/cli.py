@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -208,6 +209,9 @@ def _serve(args: argparse.Namespace) -> int:
             _start_crowd(ready, term, args.crowd)
         os.environ.update(DATABASE_URL=str(ready.database_url), REDIS_URL=str(ready.redis_url),
                           BOOKING_SECRET=ready.secret, BOOKING_DATA_DIR=str(ready.data_dir))
+        # uvicorn re-raises SIGTERM after its shutdown; make that an exit that still runs the
+        # `with` above, so the embedded stores are stopped.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         print(f"Serving on http://{ready.host}:{ready.port} with {ready.workers} worker(s); "
               f"OpenAPI at /schema. Ctrl-C stops.", flush=True)
         uvicorn.run("booking.app:create_app", factory=True, host=ready.host, port=ready.port,
