@@ -1,0 +1,89 @@
+"""It keeps working when things break: short forms of `python -m loadtest.faults`.
+
+Each test rushes a hot release of its own and breaks one thing under the rush: Redis killed and
+restarted empty, Postgres stopped and started, a worker SIGKILLed, the bookings table locked
+past the statement timeout. The stores are private to this module (the suite's own are never
+touched) and so is the `booking serve` on them. Every test asserts the same rules the script
+prints a verdict on: no 500 and no 5xx but 503 `unavailable`, 503s while a store is down,
+bounded latency, grabs succeed again soon after, and the checker finds nothing once the
+reconciler had its pending timeout (5 s here).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the loadtest folder
+
+from loadtest.faults import FaultLab, Figures, Plan, run_scenario
+
+SHORT = Plan(residents=200, courses=20, seats=10, connections=32, warmup_s=2.0, fault_s=3.0,
+             slow_hold_s=7.0, recovery_s=3.0)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FaultLab]:
+    async with FaultLab(tmp_path_factory.mktemp("faults"), SHORT) as started:
+        yield started
+
+
+async def rehearse(lab: FaultLab, name: str) -> Figures:
+    """Run one scenario; its figures are printed (shown with -s or on failure)."""
+    figures = await run_scenario(lab, name)
+    print("\n".join(figures.lines()))
+    return figures
+
+
+def assert_shared_rules(figures: Figures) -> None:
+    report = "\n".join(figures.lines())
+    assert not [k for k in figures.overall if k.startswith("500")], report
+    assert not figures.violations, report
+    assert "OK: no oversell" in figures.check, report
+
+
+def unavailable_during(figures: Figures) -> int:
+    return figures.during.get("503 unavailable", 0)
+
+
+async def test_redis_killed_and_restarted_empty(lab: FaultLab) -> None:
+    figures = await rehearse(lab, "redis")
+
+    assert_shared_rules(figures)
+    assert unavailable_during(figures) > 0
+    # Counters came back from Postgres lazily, on the first grab of each course.
+    assert figures.seats.reconciler_restored > 0
+    assert figures.notes["checker before `booking reconcile`"] == "clean"
+
+
+async def test_postgres_stopped_and_started(lab: FaultLab) -> None:
+    figures = await rehearse(lab, "postgres")
+
+    assert_shared_rules(figures)
+    assert unavailable_during(figures) > 0
+    # Grabs reached the ledger while it was down; the checker (above) found every seat of a
+    # failed write back in the gate, whether given back at once or by the reconciler.
+    assert figures.seats.failed_writes > 0
+
+
+async def test_worker_killed_mid_grab(lab: FaultLab) -> None:
+    figures = await rehearse(lab, "worker")
+
+    assert_shared_rules(figures)
+    assert "after" in str(figures.notes["replacement worker"])
+    assert figures.notes["orphans cleared s after the kill"] <= (  # type: ignore[operator]
+        SHORT.pending_timeout_s + 3 * SHORT.reconcile_interval_s + 2)
+
+
+async def test_slow_postgres_times_out_cleanly(lab: FaultLab) -> None:
+    figures = await rehearse(lab, "slow")
+
+    assert_shared_rules(figures)
+    assert unavailable_during(figures) > 0
+    # No pile-up: once the lock is gone, grabs are answered at once.
+    assert figures.recovery["first 201 after"] is not None
+    assert figures.recovery["first 201 after"] < 2
