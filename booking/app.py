@@ -15,7 +15,7 @@ from redis.asyncio import ConnectionPool, Redis
 from booking import bookings, courses, venues
 from booking.auth import Authenticator
 from booking.context import Services, services
-from booking.db import create_pool
+from booking.db import STATEMENT_TIMEOUT_MS, create_pool
 from booking.errors import EXCEPTION_HANDLERS, documented
 from booking.ledger import BookingLedger
 from booking.middleware import observe
@@ -81,10 +81,14 @@ async def _stores(app: Litestar, settings: Settings) -> AsyncIterator[None]:
     if not settings.database_url or not settings.redis_url:
         raise ConfigError("DATABASE_URL and REDIS_URL must be set for the app; "
                           "`booking serve` sets them for you.")
-    pool = await create_pool(settings.database_url, settings.db_pool_size)
+    # A write must be over, one way or the other, well before the reconciler may judge its
+    # seat stale: queueing and the statement each get at most a quarter of the pending timeout.
+    write_budget_s = settings.pending_timeout_s / 4
+    pool = await create_pool(settings.database_url, settings.db_pool_size,
+                             int(min(STATEMENT_TIMEOUT_MS, write_budget_s * 1000)))
     redis = open_redis(settings.redis_url)
     gate = SeatGate(redis)
-    ledger = BookingLedger(pool, gate)
+    ledger = BookingLedger(pool, gate, deadline_s=min(10.0, write_budget_s))
     app.state.services = Services(
         settings=settings, pool=pool, gate=gate, ledger=ledger,
         loader=CourseLoader(pool, gate, settings.pending_timeout_s),

@@ -18,13 +18,14 @@ def schema_sql() -> str:
     return resources.files("booking").joinpath("schema.sql").read_text()
 
 
-async def create_pool(database_url: str, size: int) -> asyncpg.Pool:
+async def create_pool(database_url: str, size: int,
+                      statement_timeout_ms: int = STATEMENT_TIMEOUT_MS) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         database_url,
         min_size=min(2, size),
         max_size=size,
-        command_timeout=STATEMENT_TIMEOUT_MS / 1000,
-        server_settings={"statement_timeout": str(STATEMENT_TIMEOUT_MS),
+        command_timeout=statement_timeout_ms / 1000,
+        server_settings={"statement_timeout": str(statement_timeout_ms),
                          "application_name": "booking"},
     )
 

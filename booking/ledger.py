@@ -90,15 +90,21 @@ class BookingLedger:
 
     async def _insert(self, batch: list[NewBooking]) -> dict[str, CommitFailed | None]:
         try:
-            async with self._pool.acquire() as conn:
-                try:
-                    await conn.execute(INSERT_MANY, [b.id for b in batch],
-                                       [b.course_id for b in batch],
-                                       [b.resident_id for b in batch],
-                                       [b.created_at for b in batch])
-                    return dict.fromkeys((b.id for b in batch), None)
-                except asyncpg.IntegrityConstraintViolationError:
-                    return await self._insert_one_by_one(conn, batch)
+            conn = await self._pool.acquire()
+        except Exception as exc:  # no connection, so surely nothing was written
+            failed = CommitFailed(f"no connection: {type(exc).__name__}: {exc}")
+            return dict.fromkeys((b.id for b in batch), failed)
+        try:
+            try:
+                await conn.execute(INSERT_MANY, [b.id for b in batch],
+                                   [b.course_id for b in batch],
+                                   [b.resident_id for b in batch],
+                                   [b.created_at for b in batch])
+                return dict.fromkeys((b.id for b in batch), None)
+            except asyncpg.IntegrityConstraintViolationError:
+                return await self._insert_one_by_one(conn, batch)
+            finally:
+                await self._pool.release(conn)
         except asyncpg.PostgresError as exc:
             failed = CommitFailed(f"{type(exc).__name__}: {exc}")
         except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
