@@ -56,8 +56,6 @@ class BookingLedger:
         self._deadline_s = deadline_s
         self._batcher: MicroBatcher[NewBooking, None] = MicroBatcher(
             self._write, flushers=flushers, max_batch=max_batch)
-        self.batches = 0
-        self.rows = 0
 
     async def close(self) -> None:
         await self._batcher.close()
@@ -79,8 +77,6 @@ class BookingLedger:
             outcome.update(await self._insert(todo))
         committed = [b for b in todo if outcome[b.id] is None]
         COMMIT_BATCH_ROWS.observe(len(todo))
-        self.batches += 1
-        self.rows += len(committed)
         if committed:
             try:
                 await self._gate.settle((b.course_id, b.resident_id) for b in committed)
