@@ -164,6 +164,7 @@ EXCEPTION_HANDLERS = {
     RedisError: _store_down,
     asyncpg.PostgresError: _store_down,
     asyncpg.InterfaceError: _store_down,
+    asyncpg.InternalClientError: _store_down,  # e.g. a connection dropped mid-protocol
     OSError: _store_down,
     TimeoutError: _store_down,
     Exception: _unexpected,

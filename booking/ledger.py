@@ -85,8 +85,10 @@ class BookingLedger:
         return [outcome[b.id] for b in batch]
 
     async def _insert(self, batch: list[NewBooking]) -> dict[str, CommitFailed | None]:
+        oldest = min(b.queued_at for b in batch)
+        budget_s = oldest + self._deadline_s - asyncio.get_running_loop().time()
         try:
-            conn = await self._pool.acquire()
+            conn = await self._pool.acquire(timeout=max(budget_s, 0.05))
         except Exception as exc:  # no connection, so surely nothing was written
             failed = CommitFailed(f"no connection: {type(exc).__name__}: {exc}")
             return dict.fromkeys((b.id for b in batch), failed)
@@ -103,7 +105,8 @@ class BookingLedger:
                 await self._pool.release(conn)
         except asyncpg.PostgresError as exc:
             failed = CommitFailed(f"{type(exc).__name__}: {exc}")
-        except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                TimeoutError) as exc:
             failed = CommitFailed(f"{type(exc).__name__}: {exc}", certain=False)
         return dict.fromkeys((b.id for b in batch), failed)
 
