@@ -156,15 +156,20 @@ async def cancel_booking(request: Request, booking_id: uuid.UUID) -> BookingOut:
     """Cancel your booking; the seat can be grabbed again at once."""
     s = services(request)
     resident_id = s.auth.require(request, "resident").sub
-    row = await s.pool.fetchrow(CANCEL_BOOKING, booking_id, resident_id)
+    row = await s.pool.fetchrow(SELECT_OWN, booking_id, resident_id)
     if row is None:
-        row = await s.pool.fetchrow(SELECT_OWN, booking_id, resident_id)
-        if row is None:
-            raise not_found("booking of yours")
-        return booking_out(row)  # cancelled before: same answer again
+        raise not_found("booking of yours")
+    if row["status"] != "confirmed":
+        # Cancelled before: give the seat back again in case that cancel's release never ran.
+        await s.gate.release(row["course_id"], resident_id, row["id"])
+        return booking_out(row)
+    await s.gate.mark_leaving(row["course_id"], resident_id, row["id"])
+    cancelled = await s.pool.fetchrow(CANCEL_BOOKING, booking_id, resident_id)
+    if cancelled is None:  # a twin request cancelled it a moment ago
+        return booking_out(await s.pool.fetchrow(SELECT_OWN, booking_id, resident_id))
     if not await s.gate.release(row["course_id"], resident_id, row["id"]):
         await s.loader.load(row["course_id"])
-    return booking_out(row)
+    return booking_out(cancelled)
 
 
 @get("/v1/me/bookings", operation_id="myBookings", tags=["bookings"], **secured())

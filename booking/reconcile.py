@@ -29,6 +29,8 @@ SELECT resident_id, id::text FROM bookings WHERE course_id = $1 AND status = 'co
 """
 ALL_COURSE_IDS = "SELECT id FROM courses ORDER BY id"
 RECONCILER_LOCK = "booking:reconciler-lock"
+FULL_ROUND_MARK = "booking:reconciler-full-round"
+FULL_ROUND_EVERY = 10  # rounds
 
 
 async def read_ledger(pool: asyncpg.Pool, course_id: int) -> CourseGateState | None:
@@ -103,23 +105,35 @@ class CourseLoader:
 
 async def sweep_forever(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: float,
                         interval_s: float) -> None:
-    """Give back seats whose grab never reached Postgres (a worker died mid-grab).
+    """Give back seats whose grab or cancel never finished (a worker died mid-way).
 
-    Every worker runs this loop; a short Redis lock lets one of them do each round."""
+    Every worker runs this loop; a short Redis lock lets one of them do each round. A round
+    looks at the courses holding stale pending marks; every tenth round or so is a full one
+    over all courses, a safety net for whatever a pending mark did not cover."""
     while True:
         await asyncio.sleep(interval_s)
         try:
             if not await gate.redis.set(RECONCILER_LOCK, "1", nx=True,
                                         px=int(interval_s * 900)):
                 continue
-            course_ids = [row[0] for row in await pool.fetch(ALL_COURSE_IDS)]
-            stale_before_ms = int((time.time() - pending_timeout_s) * 1000)
-            stale = await gate.courses_with_stale_pending(course_ids, stale_before_ms)
-            if stale:
-                report = await reconcile_all(pool, gate, pending_timeout_s, stale)
-                log.info("reconciler gave back %d stale seats on %d courses",
-                         report.given_back, report.courses)
+            await _sweep_round(pool, gate, pending_timeout_s, interval_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("reconciler round failed: %s", exc)
+
+
+async def _sweep_round(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: float,
+                       interval_s: float) -> None:
+    course_ids = [row[0] for row in await pool.fetch(ALL_COURSE_IDS)]
+    full = await gate.redis.set(FULL_ROUND_MARK, "1", nx=True,
+                                px=int(interval_s * FULL_ROUND_EVERY * 1000))
+    if not full:
+        stale_before_ms = int((time.time() - pending_timeout_s) * 1000)
+        course_ids = await gate.courses_with_stale_pending(course_ids, stale_before_ms)
+    if course_ids:
+        report = await reconcile_all(pool, gate, pending_timeout_s, course_ids)
+        if report.given_back or report.restored:
+            log.info("reconciler (%s round) gave back %d seats and restored %d on %d courses",
+                     "full" if full else "stale", report.given_back, report.restored,
+                     report.courses)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from importlib import resources
 
 import asyncpg
 import pytest
 from conftest import (
+    FAIL_INSERTS,
+    STOP_FAILING,
     active_rows,
     gate_left,
     grab,
     make_course,
+    resident,
     run_cli,
     service_env,
     unique,
@@ -20,16 +24,6 @@ from conftest import (
 
 from booking.seats import course_keys
 
-FAIL_INSERTS = """
-CREATE OR REPLACE FUNCTION test_refuse_booking() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.course_id = {course_id} THEN RAISE EXCEPTION 'disk on fire'; END IF;
-    RETURN NEW;
-END $$;
-CREATE OR REPLACE TRIGGER test_refuse_booking BEFORE INSERT ON bookings
-    FOR EACH ROW EXECUTE FUNCTION test_refuse_booking();
-"""
-STOP_FAILING = "DROP TRIGGER IF EXISTS test_refuse_booking ON bookings"
 
 
 async def test_postgres_failing_after_the_gate_said_yes_gives_the_seat_back(http, db, redis):
@@ -103,6 +97,55 @@ async def test_seat_taken_by_a_worker_that_died_comes_back(http, db, redis):
 
     await wait_for(seat_returned, timeout=20)  # pending timeout 5 s, reconciler every 1 s
     assert await active_rows(db, course["id"]) == 0
+
+
+CANCEL_BEHIND_THE_GATE = """
+UPDATE bookings SET status = 'cancelled', cancelled_at = now() WHERE id = $1
+"""
+
+
+async def test_a_cancel_whose_release_never_ran_frees_the_seat_when_retried(http, db, redis):
+    """The cancel was committed, then its worker died before giving the seat back."""
+    course = await make_course(http, capacity=2)
+    who = unique("retrier")
+    booking = (await grab(http, course["id"], who)).json()
+    await db.execute(CANCEL_BEHIND_THE_GATE, uuid.UUID(booking["id"]))
+    assert await gate_left(redis, course["id"]) == 1
+
+    again = await http.delete(f"/v1/bookings/{booking['id']}", headers=resident(who))
+
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"
+    assert await gate_left(redis, course["id"]) == 2
+    assert (await grab(http, course["id"], who)).status_code == 201
+
+
+async def test_a_cancel_cut_off_before_its_release_is_finished_by_the_reconciler(http, db,
+                                                                                 redis):
+    """As cancel_booking does it: mark the seat leaving, write the cancel, then die."""
+    course = await make_course(http, capacity=2)
+    who = unique("cut-off")
+    booking = (await grab(http, course["id"], who)).json()
+    leaving_lua = resources.files("booking.seats").joinpath("leaving.lua").read_text()
+    assert await redis.eval(leaving_lua, 3, *course_keys(course["id"]), who, booking["id"]) == 1
+    await db.execute(CANCEL_BEHIND_THE_GATE, uuid.UUID(booking["id"]))
+
+    async def seat_returned() -> bool:
+        return await gate_left(redis, course["id"]) == 2
+
+    await wait_for(seat_returned, timeout=20)  # pending timeout 5 s, reconciler every 1 s
+
+
+async def test_a_seat_the_gate_kept_after_any_lost_cancel_comes_back_in_a_full_round(
+        http, db, redis):
+    """No mark at all (say, a cancel written by hand): the reconciler's full rounds find it."""
+    course = await make_course(http, capacity=2)
+    booking = (await grab(http, course["id"], unique("unmarked"))).json()
+    await db.execute(CANCEL_BEHIND_THE_GATE, uuid.UUID(booking["id"]))
+
+    async def seat_returned() -> bool:
+        return await gate_left(redis, course["id"]) == 2
+
+    await wait_for(seat_returned, timeout=30)  # a full round every 10 rounds of 1 s
 
 
 async def test_postgres_alone_refuses_oversell_and_duplicates(http, db, redis):

@@ -53,6 +53,7 @@ class SeatGate:
         self.redis = redis
         self._grab = load_script(redis, "booking.seats", "grab")
         self._release = load_script(redis, "booking.seats", "release")
+        self._leaving = load_script(redis, "booking.seats", "leaving")
         self._sync = load_script(redis, "booking.seats", "sync")
         self._grabs: MicroBatcher[tuple[int, str, str], Decision] = MicroBatcher(
             self._grab_many, flushers=1, max_batch=512)
@@ -72,6 +73,11 @@ class SeatGate:
             for course_id, resident_id, booking_id in grabs])
         return [reply if isinstance(reply, Exception) else Decision(*reply)  # type: ignore[misc]
                 for reply in replies]
+
+    async def mark_leaving(self, course_id: int, resident_id: str, booking_id: str) -> bool:
+        """Mark a seat pending before its cancel is written (see leaving.lua)."""
+        marked = await self._leaving(keys=course_keys(course_id), args=[resident_id, booking_id])
+        return bool(marked)
 
     async def release(self, course_id: int, resident_id: str, booking_id: str) -> bool:
         """Give a seat back; False when that booking held no seat (already given back)."""
