@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=openapi,
         request_max_body_size=MAX_BODY_BYTES,
         middleware=[observe],
+        logging_config=None,  # configure_logging's JSON lines, not Litestar's own handlers
     )
     _document_strict_bodies(app)
     return app

@@ -65,6 +65,19 @@ async def redis(stores: Stores) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
+# Makes Postgres refuse every booking of one course, as a broken disk would.
+FAIL_INSERTS = """
+CREATE OR REPLACE FUNCTION test_refuse_booking() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.course_id = {course_id} THEN RAISE EXCEPTION 'disk on fire'; END IF;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER test_refuse_booking BEFORE INSERT ON bookings
+    FOR EACH ROW EXECUTE FUNCTION test_refuse_booking();
+"""
+STOP_FAILING = "DROP TRIGGER IF EXISTS test_refuse_booking ON bookings"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -84,10 +97,15 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 
 @pytest.fixture(scope="session")
-def server(stores: Stores, db: asyncpg.Pool, redis: Redis,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's service writes its stdout and stderr (its JSON log lines)."""
+    return tmp_path_factory.mktemp("server") / "server.log"
+
+
+@pytest.fixture(scope="session")
+def server(stores: Stores, db: asyncpg.Pool, redis: Redis, server_log: Path) -> Iterator[str]:
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
+    log = server_log
     env = service_env(stores, log.parent, BOOKING_PORT=str(port), BOOKING_WORKERS="2")
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "booking", "serve"], env=env,
