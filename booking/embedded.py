@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 log = logging.getLogger("booking.embedded")
 
@@ -88,7 +90,9 @@ class EmbeddedStores:
 
 def _answers(socket: Path) -> bool:
     try:
-        client = redis.Redis(unix_socket_path=str(socket), socket_timeout=1)
+        # One try: redis-py's default retries with backoff would make a dead socket cost seconds.
+        client = redis.Redis(unix_socket_path=str(socket), socket_timeout=1,
+                             retry=Retry(NoBackoff(), 0))
         try:
             return bool(client.ping())
         finally:
