@@ -453,6 +453,7 @@ class Expect:
     max_latency_s: float = 6.0  # no request slower than this, at any time of the run
     transport_errors_within_s: float | None = None  # after the fault start; None: none at all
     recover_within_s: float = 5.0  # first 201 after the store is back
+    not_ready_during: bool = True  # /ready answers 503 while the store is down
 
 
 @dataclass(slots=True)
@@ -467,6 +468,7 @@ class Figures:
     latency_ms: dict[str, float] = field(default_factory=dict)
     recovery: dict[str, float | None] = field(default_factory=dict)
     seats: Seats = field(default_factory=Seats)
+    readiness: dict[str, object] = field(default_factory=dict)
     settled_s: float | None = None
     check: str = ""
     notes: dict[str, object] = field(default_factory=dict)
@@ -486,7 +488,8 @@ class Figures:
                f"    whole run: {_counts(self.overall)}",
                "  latency ms: " + ", ".join(f"{k} {v:.0f}" for k, v in self.latency_ms.items()),
                "  recovery s: " + ", ".join(f"{k} {_num(v)}" for k, v in self.recovery.items()),
-               f"  seats: {self.seats.line()}"]
+               f"  seats: {self.seats.line()}",
+               "  /ready: " + ", ".join(f"{k} {v}" for k, v in self.readiness.items())]
         out += [f"  {k}: {v}" for k, v in self.notes.items()]
         out.append(f"  reconciler settled the gate {_num(self.settled_s)} s after the rush")
         out += ["  " + line for line in self.check.splitlines()]
@@ -551,6 +554,39 @@ def judge(figures: Figures, answers: list[Answer], marks: Marks, expect: Expect)
     if first is None or first > expect.recover_within_s:
         v.append(f"no 201 within {expect.recover_within_s:.0f} s after the fault ended "
                  f"(first after {_num(first)} s)")
+
+
+async def probe_readiness(base_url: str, stop: asyncio.Event,
+                          every_s: float = 0.2) -> list[tuple[float, int]]:
+    """Poll `/ready` as a load balancer would: (time.monotonic(), status; 0 for no answer)."""
+    seen: list[tuple[float, int]] = []
+    async with httpx.AsyncClient(base_url=base_url, timeout=3) as client:
+        while not stop.is_set():
+            at = time.monotonic()
+            try:
+                status = (await client.get("/ready")).status_code
+            except httpx.HTTPError:
+                status = 0
+            seen.append((at, status))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+    return seen
+
+
+def judge_readiness(figures: Figures, probes: list[tuple[float, int]], marks: Marks,
+                    expect: Expect) -> None:
+    """/ready must say no while the store is down and yes again soon after it is back."""
+    during = Counter(status for at, status in probes if marks.start <= at < marks.end)
+    back = min((at for at, status in probes if at >= marks.end and status == 200), default=None)
+    after = [status for at, status in probes if at >= marks.end]
+    figures.readiness = {
+        "during": ", ".join(f"{status} x{n}" for status, n in sorted(during.items())) or "-",
+        "200 again after s": _num(None if back is None else max(back - marks.end, 0.0)),
+        "last": after[-1] if after else "-"}
+    if expect.not_ready_during and not any(status != 200 for status in during.elements()):
+        figures.violations.append("/ready kept answering 200 while the store was down")
+    if back is None or back - marks.end > expect.recover_within_s or after[-1] != 200:
+        figures.violations.append("/ready did not answer 200 again soon after the fault ended")
 
 
 def _judge_transport(v: list[str], answers: list[Answer], marks: Marks, expect: Expect) -> None:
@@ -841,9 +877,10 @@ def scenarios(plan: Plan) -> dict[str, Scenario]:
     return {
         "redis": Scenario(redis_restart, Expect(), reconcile_cli=True),
         "postgres": Scenario(postgres_restart, Expect()),
-        "worker": Scenario(worker_killed, Expect(unavailable_during=False,
+        "worker": Scenario(worker_killed, Expect(unavailable_during=False, not_ready_during=False,
                                                  transport_errors_within_s=3.0)),
-        "slow": Scenario(slow_postgres, Expect(max_latency_s=slow_bound)),
+        # SELECT 1 does not touch the locked table: the service is ready, only slow to book.
+        "slow": Scenario(slow_postgres, Expect(max_latency_s=slow_bound, not_ready_during=False)),
     }
 
 
@@ -877,17 +914,22 @@ async def run_scenario(lab: FaultLab, name: str) -> Figures:
     marks = Marks()
     began = time.monotonic()
     running = asyncio.create_task(rush.run())
+    stop_probing = asyncio.Event()
+    probing = asyncio.create_task(probe_readiness(lab.base_url, stop_probing))
     try:
         await asyncio.sleep(plan.warmup_s)
         await scenario.inject(lab, course_ids, marks)
         await asyncio.sleep(plan.recovery_s)
     finally:
         rush.stop()
+        stop_probing.set()
         await running
+    probes = await probing
     figures = Figures(name, marks.what, rush_s=time.monotonic() - began, notes=marks.notes,
                       violations=list(marks.violations))
     answer_figures(figures, rush.answers, marks)
     judge(figures, rush.answers, marks, scenario.expect)
+    judge_readiness(figures, probes, marks, scenario.expect)
     await _finish(lab, scenario, figures, rush.received, inherited)
     reasons = write_failures(lab.service.log_since(log_offset))
     figures.seats = seat_figures(metrics_before, await read_metrics(lab.base_url), reasons)

@@ -49,11 +49,17 @@ def unavailable_during(figures: Figures) -> int:
     return figures.during.get("503 unavailable", 0)
 
 
+def not_ready_during(figures: Figures) -> bool:
+    """A load balancer polling /ready saw 503 while the store was down."""
+    return "503 x" in str(figures.readiness["during"])
+
+
 async def test_redis_killed_and_restarted_empty(lab: FaultLab) -> None:
     figures = await rehearse(lab, "redis")
 
     assert_shared_rules(figures)
     assert unavailable_during(figures) > 0
+    assert not_ready_during(figures)
     # Counters came back from Postgres lazily, on the first grab of each course.
     assert figures.seats.reconciler_restored > 0
     assert figures.notes["checker before `booking reconcile`"] == "clean"
@@ -64,6 +70,7 @@ async def test_postgres_stopped_and_started(lab: FaultLab) -> None:
 
     assert_shared_rules(figures)
     assert unavailable_during(figures) > 0
+    assert not_ready_during(figures)
     # Grabs reached the ledger while it was down; the checker (above) found every seat of a
     # failed write back in the gate, whether given back at once or by the reconciler.
     assert figures.seats.failed_writes > 0
