@@ -12,7 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import ConnectionPool, Redis
 
-from booking import bookings, courses, venues
+from booking import bookings, courses, payments, venues, waitlist
 from booking.auth import Authenticator
 from booking.context import Services, services
 from booking.db import STATEMENT_TIMEOUT_MS, create_pool
@@ -20,6 +20,7 @@ from booking.errors import EXCEPTION_HANDLERS, documented
 from booking.ledger import BookingLedger
 from booking.middleware import observe
 from booking.observability import configure_logging, metrics_text, seats_left_text
+from booking.outbox import dispatch_forever
 from booking.ratelimit import Limit, RateLimiter
 from booking.readcache import ReadCache
 from booking.reconcile import CourseLoader, sweep_forever
@@ -97,10 +98,12 @@ async def _stores(app: Litestar, settings: Settings) -> AsyncIterator[None]:
                             Limit(*settings.rate_per_address)))
     sweeper = asyncio.create_task(sweep_forever(pool, gate, settings.pending_timeout_s,
                                                 settings.reconcile_interval_s))
+    dispatcher = asyncio.create_task(dispatch_forever(pool, settings.webhook_url))
     try:
         yield
     finally:
         sweeper.cancel()
+        dispatcher.cancel()
         await ledger.close()
         await gate.close()
         await app.state.services.limiter.close()
@@ -111,7 +114,8 @@ async def _stores(app: Litestar, settings: Settings) -> AsyncIterator[None]:
 def _document_strict_bodies(app: Litestar) -> None:
     """Request bodies refuse unknown fields (msgspec's forbid_unknown_fields); Litestar does not
     say so in the OpenAPI schema, so mark them `additionalProperties: false` here."""
-    strict = {body.__name__ for body in (venues.VenueIn, courses.CourseIn, courses.CoursePatch)}
+    strict = {body.__name__ for body in (venues.VenueIn, courses.CourseIn, courses.CoursePatch,
+                                         bookings.SwapIn)}
     for name, schema in (app.openapi_schema.components.schemas or {}).items():
         if name in strict:
             schema.additional_properties = False
@@ -129,7 +133,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     app = Litestar(
         route_handlers=[health, ready, metrics, *venues.HANDLERS, *courses.HANDLERS,
-                        *bookings.HANDLERS],
+                        *bookings.HANDLERS, *waitlist.HANDLERS, *payments.HANDLERS],
         lifespan=[lambda app: _stores(app, settings)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=openapi,

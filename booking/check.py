@@ -18,15 +18,17 @@ from booking.seats import course_keys
 
 COURSE_COUNTS = """
 SELECT c.id, c.capacity, c.status, c.active_bookings,
-       count(b.id) FILTER (WHERE b.status = 'confirmed') AS active
+       count(b.id) FILTER (WHERE b.status IN ('confirmed', 'held')) AS active
 FROM courses c LEFT JOIN bookings b ON b.course_id = c.id
 GROUP BY c.id ORDER BY c.id
 """
 DUPLICATES = """
-SELECT course_id, resident_id, count(*) AS n FROM bookings WHERE status = 'confirmed'
+SELECT course_id, resident_id, count(*) AS n FROM bookings WHERE status IN ('confirmed', 'held')
 GROUP BY course_id, resident_id HAVING count(*) > 1
 """
-ACTIVE_HOLDERS = "SELECT course_id, resident_id, id::text FROM bookings WHERE status = 'confirmed'"
+ACTIVE_HOLDERS = """
+SELECT course_id, resident_id, id::text FROM bookings WHERE status IN ('confirmed', 'held')
+"""
 KNOWN_IDS = "SELECT id::text FROM bookings WHERE id = ANY($1::uuid[])"
 MAX_LISTED = 10
 
@@ -99,7 +101,7 @@ async def _check_gate(report: CheckReport, redis: Redis, courses: list[asyncpg.R
                       holders: dict[int, dict[str, str]]) -> None:
     async with redis.pipeline(transaction=False) as pipe:
         for row in courses:
-            info, holders_key, pending_key = course_keys(row["id"])
+            info, holders_key, pending_key, _ = course_keys(row["id"])
             pipe.hget(info, "left")
             pipe.hgetall(holders_key)
             pipe.zcard(pending_key)

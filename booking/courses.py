@@ -14,6 +14,8 @@ from booking.auth import Principal
 from booking.context import Services, services
 from booking.errors import ApiError, documented, forbidden, not_found, secured
 from booking.fields import MAX_ID, NO_NUL
+from booking.outbox import add_notification
+from booking.promotions import promote_waiting
 
 MAX_CAPACITY = 10_000
 MAX_PRICE_CENTS = 10_000_000
@@ -25,6 +27,7 @@ Description = Annotated[str, msgspec.Meta(max_length=5000, pattern=NO_NUL)]
 Moment = Annotated[datetime, msgspec.Meta(tz=True)]
 Capacity = Annotated[int, msgspec.Meta(ge=1, le=MAX_CAPACITY)]
 Price = Annotated[int, msgspec.Meta(ge=0, le=MAX_PRICE_CENTS)]
+HoldMinutes = Annotated[int, msgspec.Meta(ge=1, le=1440)]
 
 
 class CourseIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -38,6 +41,8 @@ class CourseIn(msgspec.Struct, forbid_unknown_fields=True):
     description: Description = ""
     price_cents: Price = 0
     venue_id: Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)] | None = None
+    hold_minutes: HoldMinutes = 10  # how long a hold of a paid course waits for its payment
+    cancel_deadline: Moment | None = None  # None: cancelling is possible until starts_at
 
 
 class CoursePatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -51,6 +56,8 @@ class CoursePatch(msgspec.Struct, forbid_unknown_fields=True):
     price_cents: Price | msgspec.UnsetType = msgspec.UNSET
     sales_open_at: Moment | msgspec.UnsetType = msgspec.UNSET
     status: Literal["cancelled"] | msgspec.UnsetType = msgspec.UNSET
+    hold_minutes: HoldMinutes | msgspec.UnsetType = msgspec.UNSET
+    cancel_deadline: Moment | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class CourseOut(msgspec.Struct):
@@ -68,6 +75,8 @@ class CourseOut(msgspec.Struct):
     status: str
     district: str
     seats_left: int
+    hold_minutes: int
+    cancel_deadline: datetime | None
 
 
 class CoursePage(msgspec.Struct):
@@ -76,21 +85,26 @@ class CoursePage(msgspec.Struct):
 
 
 COLUMNS = """c.id, c.venue_id, c.title, c.category, c.teacher, c.description, c.starts_at,
-c.ends_at, c.capacity, c.price_cents, c.sales_open_at, c.status, v.district"""
+c.ends_at, c.capacity, c.price_cents, c.sales_open_at, c.status, v.district, c.hold_minutes,
+c.cancel_deadline"""
 SELECT_COURSE = f"""
 SELECT {COLUMNS} FROM courses c JOIN venues v ON v.id = c.venue_id WHERE c.id = $1
 """
 INSERT_COURSE = """
 INSERT INTO courses (venue_id, title, category, teacher, description, starts_at, ends_at,
-                     capacity, price_cents, sales_open_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id
+                     capacity, price_cents, sales_open_at, hold_minutes, cancel_deadline)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id
 """
 CANCEL_COURSE_BOOKINGS = """
 UPDATE bookings SET status = 'cancelled', cancelled_at = now()
-WHERE course_id = $1 AND status = 'confirmed'
+WHERE course_id = $1 AND status IN ('confirmed', 'held') RETURNING id::text, resident_id
+"""
+CLEAR_WAITLIST = """
+UPDATE waitlist SET status = 'cleared', updated_at = now()
+WHERE course_id = $1 AND status = 'waiting' RETURNING resident_id
 """
 PATCHABLE = ("title", "category", "teacher", "description", "starts_at", "ends_at", "capacity",
-             "price_cents", "sales_open_at", "status")
+             "price_cents", "sales_open_at", "status", "hold_minutes", "cancel_deadline")
 LIST_FILTERS = {"venue_id", "district", "category", "available", "limit", "offset"}
 
 # Constraint violations that are the caller's doing, as the answer they get.
@@ -158,7 +172,8 @@ async def create_course(request: Request, data: CourseIn) -> CourseOut:
     try:
         course_id = await s.pool.fetchval(
             INSERT_COURSE, venue_id, data.title, data.category, data.teacher, data.description,
-            data.starts_at, data.ends_at, data.capacity, data.price_cents, data.sales_open_at)
+            data.starts_at, data.ends_at, data.capacity, data.price_cents, data.sales_open_at,
+            data.hold_minutes, data.cancel_deadline)
     except asyncpg.IntegrityConstraintViolationError as exc:
         raise constraint_error(exc) from exc
     s.reads.clear()
@@ -239,10 +254,24 @@ async def update_course(request: Request, course_id: CourseId,
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise constraint_error(exc) from exc
             if changes.get("status") == "cancelled":
-                await conn.execute(CANCEL_COURSE_BOOKINGS, course_id)
+                await cancel_everyone(conn, course_id)
     s.reads.clear()
     loaded = await s.loader.load(course_id)
+    if loaded is not None and loaded.seats_left > 0:  # more seats: the waitlist comes first
+        await promote_waiting(s.pool, s.gate, course_id)
+        loaded = await s.loader.load(course_id)
     return course_out(await fetch_course(s, course_id), loaded.seats_left if loaded else None)
+
+
+async def cancel_everyone(conn: asyncpg.Connection, course_id: int) -> None:
+    """A cancelled course: every booking and hold cancelled, the waitlist cleared, and each
+    resident told (in the transaction that cancels the course)."""
+    for row in await conn.fetch(CANCEL_COURSE_BOOKINGS, course_id):
+        await add_notification(conn, "course_cancelled", row["resident_id"],
+                               {"course_id": course_id, "booking_id": row["id"]})
+    for row in await conn.fetch(CLEAR_WAITLIST, course_id):
+        await add_notification(conn, "course_cancelled", row["resident_id"],
+                               {"course_id": course_id, "waitlist": "cleared"})
 
 
 HANDLERS = [create_course, list_courses, get_course, update_course]

@@ -37,6 +37,11 @@ class ApiError(Exception):
         self.headers = headers or {}
         self.extra = extra or {}
 
+    def again(self) -> ApiError:
+        """A fresh copy of a shared error, to raise (a raised instance keeps its traceback)."""
+        return ApiError(self.status_code, self.code, self.detail, headers=dict(self.headers),
+                        extra=dict(self.extra))
+
 
 class ErrorBody(msgspec.Struct):
     """The shape of every error answer (some add fields, e.g. `opens_at` on not_open)."""

@@ -23,10 +23,14 @@ from booking.seats import SeatGate
 log = logging.getLogger("booking.ledger")
 
 INSERT_MANY = """
-INSERT INTO bookings (id, course_id, resident_id, created_at)
-SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[])
+INSERT INTO bookings (id, course_id, resident_id, created_at, status, expires_at)
+SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[], $5::text[],
+                     $6::timestamptz[])
 """
-INSERT_ONE = "INSERT INTO bookings (id, course_id, resident_id, created_at) VALUES ($1, $2, $3, $4)"
+INSERT_ONE = """
+INSERT INTO bookings (id, course_id, resident_id, created_at, status, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+"""
 
 
 class CommitFailed(Exception):
@@ -45,7 +49,12 @@ class NewBooking:
     course_id: int
     resident_id: str
     created_at: datetime
+    expires_at: datetime | None = None  # a hold of a paid course; None: confirmed at once
     queued_at: float = 0.0
+
+    @property
+    def status(self) -> str:
+        return "confirmed" if self.expires_at is None else "held"
 
 
 class BookingLedger:
@@ -97,7 +106,9 @@ class BookingLedger:
                 await conn.execute(INSERT_MANY, [b.id for b in batch],
                                    [b.course_id for b in batch],
                                    [b.resident_id for b in batch],
-                                   [b.created_at for b in batch])
+                                   [b.created_at for b in batch],
+                                   [b.status for b in batch],
+                                   [b.expires_at for b in batch])
                 return dict.fromkeys((b.id for b in batch), None)
             except asyncpg.IntegrityConstraintViolationError:
                 return await self._insert_one_by_one(conn, batch)
@@ -116,7 +127,8 @@ class BookingLedger:
         for booking in batch:
             try:
                 await conn.execute(INSERT_ONE, booking.id, booking.course_id,
-                                   booking.resident_id, booking.created_at)
+                                   booking.resident_id, booking.created_at, booking.status,
+                                   booking.expires_at)
                 outcome[booking.id] = None
             except asyncpg.IntegrityConstraintViolationError as exc:
                 name = getattr(exc, "constraint_name", None)

@@ -36,6 +36,9 @@ GRAB_BATCH_SIZE = Histogram(
     "booking_gate_batch_grabs", "Grabs per Redis pipeline", buckets=(1, 2, 5, 10, 20, 50, 100, 256))
 RECONCILER_SEATS = Counter("booking_reconciler_seats_total",
                            "Seats the reconciler gave back or restored", ["action"])
+HOLDS_EXPIRED = Counter("booking_holds_expired_total", "Unpaid holds expired by the sweeper")
+PROMOTIONS = Counter("booking_promotions_total", "Waiting residents given a freed seat")
+PAYMENTS = Counter("booking_payment_callbacks_total", "Payment callbacks by outcome", ["outcome"])
 STORE_ERRORS = Counter("booking_store_errors_total", "Errors talking to a store", ["store"])
 
 

@@ -15,18 +15,23 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from booking.holds import expire_due_holds
 from booking.observability import RECONCILER_SEATS
+from booking.promotions import promote_waiting
 from booking.seats import CourseGateState, SeatGate, SyncResult
 
 log = logging.getLogger("booking.reconcile")
 
 COURSE_STATE = """
-SELECT capacity, status, (extract(epoch FROM sales_open_at) * 1000)::bigint AS opens_at_ms
+SELECT capacity, status, (extract(epoch FROM sales_open_at) * 1000)::bigint AS opens_at_ms,
+       CASE WHEN price_cents > 0 THEN hold_minutes * 60 ELSE 0 END AS hold_s
 FROM courses WHERE id = $1
 """
 ACTIVE_BOOKINGS = """
-SELECT resident_id, id::text FROM bookings WHERE course_id = $1 AND status = 'confirmed'
+SELECT resident_id, id::text FROM bookings
+WHERE course_id = $1 AND status IN ('confirmed', 'held')
 """
+WAITING = "SELECT resident_id, id FROM waitlist WHERE course_id = $1 AND status = 'waiting'"
 ALL_COURSE_IDS = "SELECT id FROM courses ORDER BY id"
 RECONCILER_LOCK = "booking:reconciler-lock"
 FULL_ROUND_MARK = "booking:reconciler-full-round"
@@ -40,8 +45,10 @@ async def read_ledger(pool: asyncpg.Pool, course_id: int) -> CourseGateState | N
         if course is None:
             return None
         rows = await conn.fetch(ACTIVE_BOOKINGS, course_id)
+        waiting = await conn.fetch(WAITING, course_id)
     return CourseGateState(course["capacity"], course["status"], course["opens_at_ms"],
-                           {row[0]: row[1] for row in rows})
+                           {row[0]: row[1] for row in rows}, course["hold_s"],
+                           {row[0]: row[1] for row in waiting})
 
 
 async def reconcile_course(pool: asyncpg.Pool, gate: SeatGate, course_id: int,
@@ -108,8 +115,9 @@ async def sweep_forever(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: f
     """Give back seats whose grab or cancel never finished (a worker died mid-way).
 
     Every worker runs this loop; a short Redis lock lets one of them do each round. A round
-    looks at the courses holding stale pending marks; every tenth round or so is a full one
-    over all courses, a safety net for whatever a pending mark did not cover."""
+    expires lapsed holds, looks at the courses holding stale pending marks (every tenth round
+    or so is a full one over all courses, a safety net for whatever a pending mark did not
+    cover), and hands free seats to residents waiting."""
     while True:
         await asyncio.sleep(interval_s)
         try:
@@ -125,7 +133,11 @@ async def sweep_forever(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: f
 
 async def _sweep_round(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: float,
                        interval_s: float) -> None:
-    course_ids = [row[0] for row in await pool.fetch(ALL_COURSE_IDS)]
+    expired = await expire_due_holds(pool, gate)
+    if expired:
+        log.info("expired %d unpaid holds", expired)
+    all_ids = [row[0] for row in await pool.fetch(ALL_COURSE_IDS)]
+    course_ids = all_ids
     full = await gate.redis.set(FULL_ROUND_MARK, "1", nx=True,
                                 px=int(interval_s * FULL_ROUND_EVERY * 1000))
     if not full:
@@ -137,3 +149,5 @@ async def _sweep_round(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: fl
             log.info("reconciler (%s round) gave back %d seats and restored %d on %d courses",
                      "full" if full else "stale", report.given_back, report.restored,
                      report.courses)
+    for course_id in await gate.courses_to_promote(all_ids):
+        await promote_waiting(pool, gate, course_id)

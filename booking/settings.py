@@ -27,6 +27,8 @@ class Settings:
     db_pool_size: int = 8
     rate_per_resident: tuple[int, float] = (30, 10.0)
     rate_per_address: tuple[int, float] = (3000, 10.0)
+    payment_secret: str = ""  # signs payment callbacks (HMAC-SHA256)
+    webhook_url: str | None = None  # where outbox notifications go; None: logged
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -37,6 +39,10 @@ class Settings:
         secret = env.get("BOOKING_SECRET") or _stored_secret(data_dir)
         if len(secret) < 32:
             raise ConfigError("BOOKING_SECRET must be at least 32 characters long.")
+        payment_secret = (env.get("BOOKING_PAYMENT_SECRET")
+                          or _stored_secret(data_dir, "payment-secret"))
+        if len(payment_secret) < 32:
+            raise ConfigError("BOOKING_PAYMENT_SECRET must be at least 32 characters long.")
         return cls(
             database_url=database_url,
             redis_url=redis_url,
@@ -50,6 +56,8 @@ class Settings:
             db_pool_size=_int(env, "BOOKING_DB_POOL_SIZE", 8, 2, 200),
             rate_per_resident=_rate(env, "BOOKING_RATE_RESIDENT", (30, 10.0)),
             rate_per_address=_rate(env, "BOOKING_RATE_ADDRESS", (3000, 10.0)),
+            payment_secret=payment_secret,
+            webhook_url=_url(env, "BOOKING_WEBHOOK_URL", ("http://", "https://")),
         )
 
     def with_urls(self, database_url: str, redis_url: str) -> Settings:
@@ -95,9 +103,10 @@ def _rate(env: Mapping[str, str], name: str, default: tuple[int, float]) -> tupl
     return limit
 
 
-def _stored_secret(data_dir: Path) -> str:
-    """Without BOOKING_SECRET, keep a random one in the data folder so tokens survive restarts."""
-    path = data_dir / "secret"
+def _stored_secret(data_dir: Path, name: str = "secret") -> str:
+    """Without BOOKING_SECRET (or BOOKING_PAYMENT_SECRET), keep a random one in the data folder
+    so tokens and signatures survive restarts."""
+    path = data_dir / name
     try:
         if path.exists():
             return path.read_text().strip()
@@ -108,5 +117,6 @@ def _stored_secret(data_dir: Path) -> str:
         return value
     except OSError as exc:
         raise ConfigError(
-            f"BOOKING_SECRET is unset and no secret could be kept in {data_dir}: {exc.strerror}."
+            f"{'BOOKING_SECRET' if name == 'secret' else 'BOOKING_PAYMENT_SECRET'} is unset and "
+            f"no secret could be kept in {data_dir}: {exc.strerror}."
         ) from exc

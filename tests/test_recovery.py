@@ -87,7 +87,7 @@ async def test_seat_taken_by_a_worker_that_died_comes_back(http, db, redis):
     """A grab that took a seat in Redis but never wrote its row (the process died)."""
     course = await make_course(http, capacity=2)
     grab_lua = resources.files("booking.seats").joinpath("grab.lua").read_text()
-    outcome, _ = await redis.eval(grab_lua, 3, *course_keys(course["id"]), unique("ghost"),
+    outcome, *_ = await redis.eval(grab_lua, 4, *course_keys(course["id"]), unique("ghost"),
                                   "00000000-0000-4000-8000-000000000000")
     assert outcome == "taken"
     assert await gate_left(redis, course["id"]) == 1
@@ -126,7 +126,7 @@ async def test_a_cancel_cut_off_before_its_release_is_finished_by_the_reconciler
     who = unique("cut-off")
     booking = (await grab(http, course["id"], who)).json()
     leaving_lua = resources.files("booking.seats").joinpath("leaving.lua").read_text()
-    assert await redis.eval(leaving_lua, 3, *course_keys(course["id"]), who, booking["id"]) == 1
+    assert await redis.eval(leaving_lua, 4, *course_keys(course["id"]), who, booking["id"]) == 1
     await db.execute(CANCEL_BEHIND_THE_GATE, uuid.UUID(booking["id"]))
 
     async def seat_returned() -> bool:

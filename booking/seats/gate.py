@@ -6,8 +6,9 @@ and the gate runs unchanged on Redis Cluster.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
@@ -16,10 +17,11 @@ from booking.observability import GRAB_BATCH_SIZE
 from booking.scripts import load_script, run_many
 
 
-def course_keys(course_id: int) -> tuple[str, str, str]:
-    """Info hash (capacity, left, status, opens_at), holders hash, pending zset."""
+def course_keys(course_id: int) -> tuple[str, str, str, str]:
+    """Info hash (capacity, left, status, opens_at, hold_s), holders hash, pending zset,
+    waiting zset (resident -> waitlist id)."""
     tag = f"course:{{{course_id}}}"
-    return f"{tag}:info", f"{tag}:holders", f"{tag}:pending"
+    return f"{tag}:info", f"{tag}:holders", f"{tag}:pending", f"{tag}:waiting"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,7 @@ class Decision:
 
     outcome: str
     value: str | None = None
+    hold_s: int = 0  # taken: how long a hold of this (paid) course lasts; 0 for a free course
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +42,18 @@ class CourseGateState:
     status: str
     opens_at_ms: int
     bookings: Mapping[str, str]  # resident id -> active booking id
+    hold_s: int = 0  # 0: a free course
+    waiting: Mapping[str, int] = field(default_factory=dict)  # resident id -> waitlist id
+
+
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    """A waiting resident who now holds a seat (pending until their booking is written)."""
+
+    course_id: int
+    resident_id: str
+    booking_id: str
+    waitlist_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +67,9 @@ class SeatGate:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._grab = load_script(redis, "booking.seats", "grab")
-        self._release = load_script(redis, "booking.seats", "release")
+        self._free = load_script(redis, "booking.seats", "free")
+        self._unpromote = load_script(redis, "booking.seats", "unpromote")
+        self._wait = load_script(redis, "booking.seats", "wait")
         self._leaving = load_script(redis, "booking.seats", "leaving")
         self._sync = load_script(redis, "booking.seats", "sync")
         self._grabs: MicroBatcher[tuple[int, str, str], Decision] = MicroBatcher(
@@ -71,18 +88,38 @@ class SeatGate:
         replies = await run_many(self.redis, self._grab, [
             (course_keys(course_id), (resident_id, booking_id))
             for course_id, resident_id, booking_id in grabs])
-        return [reply if isinstance(reply, Exception) else Decision(*reply)  # type: ignore[misc]
-                for reply in replies]
+        return [reply if isinstance(reply, Exception) else _decision(reply) for reply in replies]
 
     async def mark_leaving(self, course_id: int, resident_id: str, booking_id: str) -> bool:
         """Mark a seat pending before its cancel is written (see leaving.lua)."""
         marked = await self._leaving(keys=course_keys(course_id), args=[resident_id, booking_id])
         return bool(marked)
 
-    async def release(self, course_id: int, resident_id: str, booking_id: str) -> bool:
-        """Give a seat back; False when that booking held no seat (already given back)."""
-        freed = await self._release(keys=course_keys(course_id), args=[resident_id, booking_id])
-        return bool(freed)
+    async def free(self, course_id: int, resident_id: str = "", booking_id: str = "",
+                   promotions: int = 1) -> tuple[bool, list[Promotion]]:
+        """Free the seat of that booking (if it holds one) and hand up to `promotions` free
+        seats to the first residents waiting, in one step. The promotions must be written."""
+        fresh = [str(uuid.uuid4()) for _ in range(promotions)]
+        reply = await self._free(keys=course_keys(course_id),
+                                 args=[resident_id, booking_id, *fresh])
+        promoted = [Promotion(course_id, reply[i], reply[i + 1], int(reply[i + 2]))
+                    for i in range(1, len(reply), 3)]
+        return bool(reply[0]), promoted
+
+    async def unpromote(self, promotion: Promotion) -> bool:
+        """Put a resident whose promotion could not be written back in their place."""
+        undone = await self._unpromote(
+            keys=course_keys(promotion.course_id),
+            args=[promotion.resident_id, promotion.booking_id, promotion.waitlist_id])
+        return bool(undone)
+
+    async def wait(self, course_id: int, resident_id: str, waitlist_id: int) -> Decision:
+        """Join the waitlist of a sold-out course (see wait.lua)."""
+        reply = await self._wait(keys=course_keys(course_id), args=[resident_id, waitlist_id])
+        return _decision(reply)
+
+    async def leave_waitlist(self, course_id: int, resident_id: str) -> None:
+        await self.redis.zrem(course_keys(course_id)[3], resident_id)
 
     async def settle(self, committed: Iterable[tuple[int, str]]) -> None:
         """Clear the pending marks of grabs whose rows are committed, one pipeline for all."""
@@ -98,7 +135,7 @@ class SeatGate:
 
     async def settled_holders(self, course_id: int) -> dict[str, str]:
         """Holders not pending right now: taken before sync reads the ledger."""
-        _, holders_key, pending_key = course_keys(course_id)
+        _, holders_key, pending_key, _ = course_keys(course_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(holders_key)
             pipe.zrange(pending_key, 0, -1)
@@ -108,13 +145,12 @@ class SeatGate:
 
     async def sync(self, course_id: int, ledger: CourseGateState, settled: Mapping[str, str],
                    stale_before_ms: int) -> SyncResult:
-        args: list[object] = [ledger.capacity, ledger.status, ledger.opens_at_ms, stale_before_ms]
-        args.append(len(ledger.bookings))
-        for resident_id, booking_id in ledger.bookings.items():
-            args += (resident_id, booking_id)
-        args.append(len(settled))
-        for resident_id, booking_id in settled.items():
-            args += (resident_id, booking_id)
+        args: list[object] = [ledger.capacity, ledger.status, ledger.opens_at_ms, stale_before_ms,
+                              ledger.hold_s]
+        for mapping in (ledger.bookings, settled, ledger.waiting):
+            args.append(len(mapping))
+            for resident_id, value in mapping.items():
+                args += (resident_id, value)
         left, given_back, restored = await self._sync(keys=course_keys(course_id), args=args)
         return SyncResult(int(left), int(given_back), int(restored))
 
@@ -128,6 +164,19 @@ class SeatGate:
             replies = await pipe.execute()
         return [None if reply is None else max(int(reply), 0) for reply in replies]
 
+    async def courses_to_promote(self, course_ids: Sequence[int]) -> list[int]:
+        """Courses with a free seat and someone waiting (a promotion pass is due)."""
+        if not course_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for course_id in course_ids:
+                info, _, _, waiting = course_keys(course_id)
+                pipe.hget(info, "left")
+                pipe.zcard(waiting)
+            replies = await pipe.execute()
+        return [cid for i, cid in enumerate(course_ids)
+                if replies[2 * i] is not None and int(replies[2 * i]) > 0 and replies[2 * i + 1]]
+
     async def courses_with_stale_pending(self, course_ids: Sequence[int],
                                          stale_before_ms: int) -> list[int]:
         """Courses holding a pending mark older than `stale_before_ms`."""
@@ -139,3 +188,10 @@ class SeatGate:
                                    start=0, num=1)
             replies = await pipe.execute()
         return [cid for cid, reply in zip(course_ids, replies, strict=True) if reply]
+
+
+def _decision(reply: list[str]) -> Decision:
+    outcome = reply[0]
+    value = reply[1] if len(reply) > 1 else None
+    hold_s = int(reply[2]) if len(reply) > 2 else 0
+    return Decision(outcome, value, hold_s)

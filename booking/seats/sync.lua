@@ -1,30 +1,32 @@
 -- Make one course's gate agree with the ledger (Postgres), without disturbing grabs in flight.
--- KEYS: course info hash, holders hash, pending zset
--- ARGV[1..4]: capacity, status, opens_at ms, stale_before ms
--- ARGV[5] = n, then n pairs (resident, booking id): the active bookings in Postgres
+-- KEYS: course info hash, holders hash, pending zset, waiting zset
+-- ARGV[1..5]: capacity, status, opens_at ms, stale_before ms, hold seconds (0: free course)
+-- ARGV[6] = n, then n pairs (resident, booking id): the active bookings in Postgres
 -- then m, then m pairs (resident, booking id): holders that were settled (not pending) in a
 --   snapshot taken before Postgres was read
+-- then w, then w pairs (resident, waitlist id): the residents waiting in Postgres
 -- A holder missing from Postgres is given back when it was settled in the snapshot (its row is
 -- gone) or pending since before stale_before (its writer died); a younger pending holder is a
 -- grab still being written and stays. Bookings Postgres has and the gate lacks are restored.
+-- Waiters Postgres has are added (one who left is dropped when a promotion finds out).
 -- Returns {seats left, seats given back, holders restored}.
 local capacity = tonumber(ARGV[1])
 local stale_before = tonumber(ARGV[4])
-local ledger, settled = {}, {}
-local at = 5
-for _ = 1, tonumber(ARGV[at]) do
-  ledger[ARGV[at + 1]] = ARGV[at + 2]
-  at = at + 2
+local function pairs_at(at)
+  local found = {}
+  for _ = 1, tonumber(ARGV[at]) do
+    found[ARGV[at + 1]] = ARGV[at + 2]
+    at = at + 2
+  end
+  return found, at + 1
 end
-at = at + 1
-for _ = 1, tonumber(ARGV[at]) do
-  settled[ARGV[at + 1]] = ARGV[at + 2]
-  at = at + 2
-end
+local ledger, at = pairs_at(6)
+local settled, at_waiting = pairs_at(at)
+local waiters = pairs_at(at_waiting)
 
 local given_back, restored = 0, 0
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 else
   local holders = redis.call('HGETALL', KEYS[2])
   for i = 1, #holders, 2 do
@@ -50,7 +52,19 @@ for resident, booking in pairs(ledger) do
     restored = restored + 1
   end
 end
+if ARGV[2] ~= 'published' then
+  redis.call('DEL', KEYS[4])
+else
+  for resident, place in pairs(waiters) do
+    if redis.call('HEXISTS', KEYS[2], resident) == 0 then
+      redis.call('ZADD', KEYS[4], 'NX', place, resident)
+    end
+  end
+  for _, resident in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+    if redis.call('HEXISTS', KEYS[2], resident) == 1 then redis.call('ZREM', KEYS[4], resident) end
+  end
+end
 local left = capacity - redis.call('HLEN', KEYS[2])
 redis.call('HSET', KEYS[1], 'capacity', capacity, 'status', ARGV[2], 'opens_at', ARGV[3],
-           'left', left)
+           'left', left, 'hold_s', ARGV[5])
 return {left, given_back, restored}

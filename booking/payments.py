@@ -1,0 +1,141 @@
+"""Payment callbacks from the provider: a paid hold becomes a confirmed booking.
+
+The provider signs the raw body with HMAC-SHA256 (BOOKING_PAYMENT_SECRET) and sends
+`X-Booking-Signature: sha256=<hex>`; nothing is read from an unsigned body. The provider
+reference is the idempotency key: its `payments` row is written first, so a repeated callback
+(even a concurrent twin, which waits on that row) finds it and gets the same answer. A payment
+that arrives after the hold lapsed, for a cancelled booking, or twice for one booking does not
+resurrect or double anything: it is recorded as `refund_due` and listed for operators.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+import asyncpg
+import msgspec
+from litestar import Request, Response, get, post
+
+from booking.context import services
+from booking.errors import ApiError, answer, documented, not_found, secured
+from booking.fields import NO_NUL
+from booking.observability import PAYMENTS
+
+SIGNATURE_HEADER = "X-Booking-Signature"
+
+
+class PaymentCallback(msgspec.Struct):
+    provider_ref: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+    booking_id: uuid.UUID
+    amount_cents: Annotated[int, msgspec.Meta(ge=0, le=10**12)]
+    status: Literal["paid"]
+
+
+class PaymentOut(msgspec.Struct):
+    provider_ref: str
+    booking_id: str
+    outcome: str  # confirmed, refund_due (or amount_mismatch, answered 409)
+    booking_status: str
+
+
+class RefundDue(msgspec.Struct):
+    provider_ref: str
+    booking_id: str
+    amount_cents: int
+    received_at: datetime
+
+
+CLAIM_REFERENCE = """
+INSERT INTO payments (provider_ref, booking_id, amount_cents, outcome)
+VALUES ($1, $2, $3, 'refund_due') ON CONFLICT (provider_ref) DO NOTHING RETURNING provider_ref
+"""
+EARLIER_CALLBACK = """
+SELECT p.provider_ref, p.booking_id::text AS booking_id, p.outcome, b.status AS booking_status
+FROM payments p JOIN bookings b ON b.id = p.booking_id WHERE p.provider_ref = $1
+"""
+BOOKING_TO_PAY = """
+SELECT b.status, b.expires_at > now() AS in_time, c.price_cents
+FROM bookings b JOIN courses c ON c.id = b.course_id WHERE b.id = $1 FOR UPDATE OF b
+"""
+CONFIRM_HOLD = """
+UPDATE bookings SET status = 'confirmed', paid_at = now()
+WHERE id = $1 AND status = 'held' AND expires_at > now() RETURNING status
+"""
+SET_OUTCOME = "UPDATE payments SET outcome = $2 WHERE provider_ref = $1"
+REFUNDS_DUE = """
+SELECT provider_ref, booking_id::text AS booking_id, amount_cents, received_at FROM payments
+WHERE outcome = 'refund_due' ORDER BY received_at LIMIT 1000
+"""
+
+
+def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
+    if not header or not header.startswith("sha256="):
+        return False
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, header.removeprefix("sha256=").strip().lower())
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The header value a provider sends with `body` (for `booking pay` and tests)."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+@post("/v1/payments/callback", operation_id="paymentCallback", tags=["payments"],
+      status_code=200, responses=documented(400, 401, 404, 409, 413, 503))
+async def payment_callback(request: Request) -> Response[PaymentOut]:
+    """The payment provider reports a paid hold (JSON body signed with HMAC-SHA256 in the
+    X-Booking-Signature header: `sha256=<hex>`). Same callback twice: same answer."""
+    s = services(request)
+    body = await request.body()
+    if not signature_ok(s.settings.payment_secret, body, request.headers.get(SIGNATURE_HEADER)):
+        raise ApiError(401, "bad_signature", "The callback signature is missing or wrong.")
+    try:
+        callback = msgspec.json.decode(body, type=PaymentCallback)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid", f"Invalid payment callback: {exc}") from exc
+    async with s.pool.acquire() as conn, conn.transaction():
+        result = await _settle_payment(conn, callback)
+    PAYMENTS.labels(result.outcome).inc()
+    if result.outcome == "amount_mismatch":
+        return answer(ApiError(  # type: ignore[return-value]
+            409, "amount_mismatch", "The amount paid is not the price of this course."))
+    return Response(result, status_code=200)
+
+
+async def _settle_payment(conn: asyncpg.Connection, callback: PaymentCallback) -> PaymentOut:
+    try:
+        claimed = await conn.fetchval(CLAIM_REFERENCE, callback.provider_ref,
+                                      callback.booking_id, callback.amount_cents)
+    except asyncpg.ForeignKeyViolationError as exc:
+        raise not_found("booking") from exc
+    if claimed is None:  # seen before: the answer it got then
+        earlier = await conn.fetchrow(EARLIER_CALLBACK, callback.provider_ref)
+        if earlier["booking_id"] != str(callback.booking_id):
+            raise ApiError(409, "provider_ref_reused",
+                           "This provider reference was used for another booking.")
+        return PaymentOut(**dict(earlier))
+    booking = await conn.fetchrow(BOOKING_TO_PAY, callback.booking_id)
+    if callback.amount_cents != booking["price_cents"]:
+        outcome, status = "amount_mismatch", booking["status"]
+    elif booking["status"] == "held" and booking["in_time"]:
+        outcome, status = "confirmed", await conn.fetchval(CONFIRM_HOLD, callback.booking_id)
+    else:  # lapsed, cancelled, or paid already: never resurrected, the money goes back
+        outcome, status = "refund_due", booking["status"]
+    await conn.execute(SET_OUTCOME, callback.provider_ref, outcome)
+    return PaymentOut(callback.provider_ref, str(callback.booking_id), outcome, status)
+
+
+@get("/v1/payments/refunds", operation_id="refundsDue", tags=["payments"], **secured())
+async def refunds_due(request: Request) -> list[RefundDue]:
+    """Payments to give back: they came for a hold that had lapsed or was no longer active
+    (operators)."""
+    s = services(request)
+    s.auth.require(request, "operator")
+    return [RefundDue(**dict(row)) for row in await s.pool.fetch(REFUNDS_DUE)]
+
+
+HANDLERS = [payment_callback, refunds_due]
