@@ -258,6 +258,7 @@ async def _write_swap(s: Services, old: asyncpg.Record, new_id: str, course_id: 
                 raise COURSE_CANCELLED.again()
     except (ApiError, asyncpg.PostgresError) as exc:
         await _give_back(s, course_id, resident_id, new_id)
+        await s.gate.settle([(old["course_id"], resident_id)])  # the old seat stays theirs
         if isinstance(exc, asyncpg.IntegrityConstraintViolationError):  # gate and ledger differ
             await s.loader.load(course_id)
             if isinstance(exc, asyncpg.UniqueViolationError):

@@ -80,6 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     _bench_arguments(bench)
     bench.set_defaults(run=_bench)
 
+    pay = sub.add_parser("pay", help="act as the payment provider: pay a held booking")
+    pay.add_argument("booking_id", help="the held booking to pay")
+    pay.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
+    pay.add_argument("--amount", type=int, metavar="CENTS",
+                     help="amount paid (default: the course's price, read from Postgres)")
+    pay.add_argument("--ref", help="provider reference (default: a new random one)")
+    pay.set_defaults(run=_pay)
+
     reconcile = sub.add_parser("reconcile",
                                help="rebuild the Redis seat counters from Postgres")
     reconcile.set_defaults(run=_reconcile)
@@ -124,7 +132,8 @@ def stores(settings: Settings, *, quiet: bool = False) -> Iterator[Settings]:
 
 
 async def _prepare(settings: Settings, *, demo: bool) -> DemoTerm | None:
-    """Schema on an empty database, the demo term if asked, and a gate rebuilt from Postgres."""
+    """Schema (on an empty database, or to bring an older one up to date), the demo term if
+    asked, and a gate rebuilt from Postgres."""
     from booking.app import open_redis
     from booking.db import apply_schema, is_empty
     from booking.demo import load_demo
@@ -137,7 +146,7 @@ async def _prepare(settings: Settings, *, demo: bool) -> DemoTerm | None:
         async with pool.acquire() as conn:
             if await is_empty(conn):
                 print("Empty database: applying schema.sql")
-                await apply_schema(conn)
+            await apply_schema(conn)  # safe to repeat; adds what an older database lacks
             term = await load_demo(conn) if demo else None
         report = await reconcile_all(pool, SeatGate(redis), settings.pending_timeout_s)
         print(f"Seat gate rebuilt from Postgres: {report.courses} courses, "
@@ -324,6 +333,50 @@ def _check(args: argparse.Namespace) -> int:
 
     with stores(Settings.from_env(), quiet=True) as ready:
         return 0 if asyncio.run(run(ready)) else 1
+
+
+def _pay(args: argparse.Namespace) -> int:
+    import secrets
+    import uuid
+
+    import httpx
+    import msgspec
+
+    from booking.payments import SIGNATURE_HEADER, sign
+
+    try:
+        booking_id = str(uuid.UUID(args.booking_id))
+    except ValueError as exc:
+        raise ConfigError(f"{args.booking_id!r} is not a booking id.") from exc
+    settings = Settings.from_env()
+    amount = args.amount
+    if amount is None:
+        with stores(settings, quiet=True) as ready:
+            amount = asyncio.run(_price_of(ready, booking_id))
+    body = msgspec.json.encode({"provider_ref": args.ref or f"demo-{secrets.token_hex(8)}",
+                                "booking_id": booking_id, "amount_cents": amount,
+                                "status": "paid"})
+    try:
+        answer = httpx.post(f"{args.url}/v1/payments/callback", content=body, timeout=10,
+                            headers={SIGNATURE_HEADER: sign(settings.payment_secret, body),
+                                     "Content-Type": "application/json"})
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"the service at {args.url} did not answer: {exc}.") from exc
+    print(f"{answer.status_code} {answer.text}")
+    return 0 if answer.status_code == 200 else 1
+
+
+async def _price_of(settings: Settings, booking_id: str) -> int:
+    pool = await _connect(settings)
+    try:
+        price = await pool.fetchval(
+            "SELECT c.price_cents FROM bookings b JOIN courses c ON c.id = b.course_id "
+            "WHERE b.id = $1", booking_id)
+    finally:
+        await pool.close()
+    if price is None:
+        raise ConfigError(f"no booking {booking_id}.")
+    return price
 
 
 def _bench(args: argparse.Namespace) -> int:

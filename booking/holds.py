@@ -36,5 +36,9 @@ async def expire_due_holds(pool: asyncpg.Pool, gate: SeatGate, limit: int = 500)
     expired = await pool.fetch(EXPIRE_HOLDS, [row["id"] for row in due])
     for row in expired:
         await free_seat(pool, gate, row["course_id"], row["resident_id"], row["id"])
+    gone = {row["id"] for row in expired}
+    paid_meanwhile = [(row["course_id"], row["resident_id"])
+                      for row in due if row["id"] not in gone]
+    await gate.settle(paid_meanwhile)  # their seats stay; clear the leaving marks
     HOLDS_EXPIRED.inc(len(expired))
     return len(expired)

@@ -95,7 +95,7 @@ async def _deliver(client: httpx.AsyncClient | None, webhook_url: str | None,
                                      timeout=POST_TIMEOUT_S)
     except Exception as exc:  # any way of not getting an answer is a failed attempt
         return f"{type(exc).__name__} while posting to the webhook"
-    if True:
+    if response.is_success:
         return None
     return f"the webhook answered HTTP {response.status_code}"
 

@@ -8,6 +8,9 @@ as `python -m booking serve` with two workers, exactly as a user would start it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import os
 import socket
 import subprocess
@@ -31,6 +34,7 @@ from booking.db import apply_schema
 from booking.embedded import EmbeddedStores
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
+PAYMENT_SECRET = "test-payment-secret-long-enough-for-hmac"
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,8 @@ def free_port() -> int:
 
 def service_env(stores: Stores, data_dir: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "DATABASE_URL": stores.database_url, "REDIS_URL": stores.redis_url,
-            "BOOKING_SECRET": SECRET, "BOOKING_DATA_DIR": str(data_dir),
+            "BOOKING_SECRET": SECRET, "BOOKING_PAYMENT_SECRET": PAYMENT_SECRET,
+            "BOOKING_DATA_DIR": str(data_dir),
             "BOOKING_PENDING_TIMEOUT": "5", "BOOKING_RECONCILE_INTERVAL": "1",
             "BOOKING_RATE_RESIDENT": "60/10", "BOOKING_RATE_ADDRESS": "1000/10", **extra}
 
@@ -196,8 +201,34 @@ async def grab(http: httpx.AsyncClient, course_id: int, who: str) -> httpx.Respo
 
 
 async def active_rows(db: asyncpg.Pool, course_id: int) -> int:
-    return await db.fetchval(
-        "SELECT count(*) FROM bookings WHERE course_id = $1 AND status = 'confirmed'", course_id)
+    """Bookings holding a seat: confirmed ones and holds of a paid course."""
+    return await db.fetchval("SELECT count(*) FROM bookings WHERE course_id = $1 "
+                             "AND status IN ('confirmed', 'held')", course_id)
+
+
+async def cancel(http: httpx.AsyncClient, booking_id: str, who: str) -> httpx.Response:
+    return await http.delete(f"/v1/bookings/{booking_id}", headers=resident(who))
+
+
+async def join_waitlist(http: httpx.AsyncClient, course_id: int, who: str) -> httpx.Response:
+    return await http.post(f"/v1/courses/{course_id}/waitlist", headers=resident(who))
+
+
+async def my_bookings(http: httpx.AsyncClient, who: str) -> list[dict[str, Any]]:
+    response = await http.get("/v1/me/bookings", headers=resident(who))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def pay(http: httpx.AsyncClient, booking_id: str, amount_cents: int,
+              provider_ref: str | None = None, secret: str = PAYMENT_SECRET) -> httpx.Response:
+    """What the payment provider sends: the body signed with HMAC-SHA256."""
+    body = json.dumps({"provider_ref": provider_ref or unique("ref"), "booking_id": booking_id,
+                       "amount_cents": amount_cents, "status": "paid"}).encode()
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return await http.post("/v1/payments/callback", content=body,
+                           headers={"X-Booking-Signature": signature,
+                                    "Content-Type": "application/json"})
 
 
 async def gate_left(redis: Redis, course_id: int) -> int:

@@ -25,7 +25,6 @@ from conftest import (
 from booking.seats import course_keys
 
 
-
 async def test_postgres_failing_after_the_gate_said_yes_gives_the_seat_back(http, db, redis):
     course = await make_course(http, capacity=3)
     await db.execute(FAIL_INSERTS.format(course_id=int(course["id"])))

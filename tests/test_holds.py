@@ -1,0 +1,131 @@
+"""Paid courses: a grab is a hold until the provider's signed callback says paid, or it lapses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from conftest import (
+    OPERATOR,
+    active_rows,
+    gate_left,
+    grab,
+    make_course,
+    my_bookings,
+    pay,
+    unique,
+    wait_for,
+)
+from redis.asyncio import Redis
+
+from booking.check import check_invariants
+from booking.holds import expire_due_holds
+from booking.seats import SeatGate
+
+PRICE = 4500
+LAPSE = "UPDATE bookings SET expires_at = now() - interval '1 second' WHERE id = ANY($1::uuid[])"
+
+
+async def booking_status(db, booking_id: str) -> str:
+    return await db.fetchval("SELECT status FROM bookings WHERE id = $1", uuid.UUID(booking_id))
+
+
+async def test_a_paid_course_gives_a_hold_and_a_free_one_a_confirmed_booking(http):
+    paid = await make_course(http, capacity=3, price_cents=PRICE, hold_minutes=15)
+    free = await make_course(http, capacity=3)
+    who = unique("payer")
+
+    held = (await grab(http, paid["id"], who)).json()
+    confirmed = (await grab(http, free["id"], who)).json()
+
+    assert held["status"] == "held"
+    expires_in = datetime.fromisoformat(held["expires_at"]) - datetime.now(UTC)
+    assert timedelta(minutes=14) < expires_in <= timedelta(minutes=15)
+    assert confirmed["status"] == "confirmed" and confirmed["expires_at"] is None
+    assert paid["hold_minutes"] == 15
+
+
+async def test_a_signed_payment_confirms_the_hold_once(http, db):
+    course = await make_course(http, capacity=2, price_cents=PRICE)
+    who = unique("payer")
+    booking = (await grab(http, course["id"], who)).json()
+    ref = unique("provider")
+
+    first = await pay(http, booking["id"], PRICE, ref)
+    again = await pay(http, booking["id"], PRICE, ref)
+
+    assert first.status_code == 200, first.text
+    assert first.json() == {"provider_ref": ref, "booking_id": booking["id"],
+                            "outcome": "confirmed", "booking_status": "confirmed"}
+    assert again.status_code == 200 and again.json() == first.json()
+    assert [b["status"] for b in await my_bookings(http, who)] == ["confirmed"]
+    assert await db.fetchval("SELECT count(*) FROM payments WHERE provider_ref = $1", ref) == 1
+
+
+async def test_unsigned_or_badly_signed_or_wrong_amount_callbacks_change_nothing(http, db):
+    course = await make_course(http, capacity=2, price_cents=PRICE)
+    booking = (await grab(http, course["id"], unique("payer"))).json()
+    body = json.dumps({"provider_ref": unique("ref"), "booking_id": booking["id"],
+                       "amount_cents": PRICE, "status": "paid"}).encode()
+
+    unsigned = await http.post("/v1/payments/callback", content=body)
+    forged = await pay(http, booking["id"], PRICE, secret="not-the-provider-secret-at-all!!")
+    wrong_amount = await pay(http, booking["id"], PRICE - 1)
+
+    assert (unsigned.status_code, unsigned.json()["code"]) == (401, "bad_signature")
+    assert (forged.status_code, forged.json()["code"]) == (401, "bad_signature")
+    assert (wrong_amount.status_code, wrong_amount.json()["code"]) == (409, "amount_mismatch")
+    assert await booking_status(db, booking["id"]) == "held"
+
+
+async def test_an_unpaid_hold_lapses_and_a_late_payment_is_a_refund_not_a_seat(http, db, redis):
+    course = await make_course(http, capacity=1, price_cents=PRICE)
+    who = unique("late-payer")
+    booking = (await grab(http, course["id"], who)).json()
+    assert await gate_left(redis, course["id"]) == 0
+    await db.execute(LAPSE, [uuid.UUID(booking["id"])])  # ten minutes have passed
+
+    async def expired() -> bool:
+        return await booking_status(db, booking["id"]) == "expired"
+
+    await wait_for(expired, timeout=15)  # the sweeper runs every second in the tests
+    assert await gate_left(redis, course["id"]) == 1
+    late = await pay(http, booking["id"], PRICE)
+    refunds = await http.get("/v1/payments/refunds", headers=OPERATOR)
+
+    assert late.status_code == 200 and late.json()["outcome"] == "refund_due"
+    assert await booking_status(db, booking["id"]) == "expired"
+    assert booking["id"] in {r["booking_id"] for r in refunds.json()}
+    assert (await grab(http, course["id"], unique("next"))).status_code == 201
+
+
+async def test_payment_and_expiry_racing_for_the_same_hold_have_one_winner(http, db, redis,
+                                                                           stores):
+    course = await make_course(http, capacity=40, price_cents=PRICE)
+    holds = [(await grab(http, course["id"], unique("racer"))).json() for _ in range(40)]
+    ids = [uuid.UUID(h["id"]) for h in holds]
+    await db.execute("UPDATE bookings SET expires_at = now() + interval '300 milliseconds' "
+                     "WHERE id = ANY($1::uuid[])", ids)
+    gate = SeatGate(Redis.from_url(stores.redis_url, decode_responses=True))
+
+    async def expire_repeatedly() -> None:
+        for _ in range(40):
+            await expire_due_holds(db, gate)
+            await asyncio.sleep(0.01)
+
+    await asyncio.sleep(0.25)
+    answers, _ = await asyncio.gather(
+        asyncio.gather(*(pay(http, h["id"], PRICE) for h in holds)), expire_repeatedly())
+    await gate.redis.aclose()
+
+    for hold, answer in zip(holds, answers, strict=True):
+        status = await booking_status(db, hold["id"])
+        assert (answer.json()["outcome"], status) in {("confirmed", "confirmed"),
+                                                      ("refund_due", "expired")}, hold["id"]
+    confirmed = sum(a.json()["outcome"] == "confirmed" for a in answers)
+    assert await active_rows(db, course["id"]) == confirmed
+    assert await gate_left(redis, course["id"]) == 40 - confirmed
+    report = await check_invariants(db, redis, None)
+    assert not [v for v in report.violations if f"course {course['id']}" in v]
