@@ -102,8 +102,10 @@ async def _stores(app: Litestar, settings: Settings) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        sweeper.cancel()
-        dispatcher.cancel()
+        for task in (sweeper, dispatcher):  # each gives its connection back before the pool goes
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await ledger.close()
         await gate.close()
         await app.state.services.limiter.close()
