@@ -15,6 +15,7 @@ from conftest import (
     make_course,
     my_bookings,
     pay,
+    resident,
     unique,
     wait_for,
 )
@@ -129,3 +130,33 @@ async def test_payment_and_expiry_racing_for_the_same_hold_have_one_winner(http,
     assert await gate_left(redis, course["id"]) == 40 - confirmed
     report = await check_invariants(db, redis, None)
     assert not [v for v in report.violations if v.startswith(f"course {course['id']}:")]
+
+
+async def test_a_sweep_killed_mid_round_loses_no_seat_and_promotes_nobody_twice(http, db, redis,
+                                                                               stores):
+    course = await make_course(http, capacity=12, price_cents=PRICE)
+    holds = [(await grab(http, course["id"], unique("holder"))).json() for _ in range(12)]
+    waiters = [unique("waiter") for _ in range(5)]
+    for who in waiters:
+        assert (await http.post(f"/v1/courses/{course['id']}/waitlist",
+                                headers=resident(who))).status_code == 201
+    await db.execute(LAPSE, [uuid.UUID(h["id"]) for h in holds])
+    gate = SeatGate(Redis.from_url(stores.redis_url, decode_responses=True))
+    for delay_s in (0.0, 0.005, 0.01, 0.02, 0.04):  # killed at a different point each time
+        sweep = asyncio.create_task(expire_due_holds(db, gate))
+        await asyncio.sleep(delay_s)
+        sweep.cancel()
+        await asyncio.gather(sweep, return_exceptions=True)
+    await gate.redis.aclose()
+
+    async def settled() -> bool:  # the service's own sweeper and reconciler finish the job
+        report = await check_invariants(db, redis, None)
+        return (await gate_left(redis, course["id"]) == 7
+                and not [v for v in report.violations if v.startswith(f"course {course['id']}:")])
+
+    await wait_for(settled, timeout=30)
+    assert [await booking_status(db, h["id"]) for h in holds] == ["expired"] * 12
+    promoted = await db.fetch("SELECT resident_id FROM outbox WHERE kind = 'promoted' "
+                              "AND (payload->>'course_id')::bigint = $1", course["id"])
+    assert sorted(r["resident_id"] for r in promoted) == sorted(waiters)
+    assert await active_rows(db, course["id"]) == 5
