@@ -1,13 +1,15 @@
 """The invariant checker: after any run, prove from Postgres and Redis that nothing went wrong.
 
-Checks every invariant of DESIGN.md: no course over capacity, no duplicate active booking,
-the gate agreeing with the ledger (seats left and holders), no grab left pending, and every
-booking a client was told about present in Postgres.
+Checks: no course over capacity, no duplicate active booking, the gate agreeing with the
+ledger (seats left, holders, the waitlist), no grab left pending, no hold left held long after
+it lapsed, a waitlist that never waits beside a free seat, every promotion with its booking and
+its notification, no confirmed payment on a booking still held, and every booking a client was
+told about present in Postgres. Each check is one set-based query, whatever the number of courses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +31,46 @@ GROUP BY course_id, resident_id HAVING count(*) > 1
 ACTIVE_HOLDERS = """
 SELECT course_id, resident_id, id::text FROM bookings WHERE status IN ('confirmed', 'held')
 """
+WAITING = "SELECT course_id, resident_id FROM waitlist WHERE status = 'waiting'"
+LAPSED_HOLDS = """
+SELECT id::text AS id, course_id, floor(extract(epoch FROM now() - expires_at))::bigint AS ago
+FROM bookings WHERE status = 'held' AND expires_at < now() - make_interval(secs => $1)
+ORDER BY course_id, expires_at
+"""
+WAITING_WHILE_BOOKED = """
+SELECT w.course_id, w.resident_id, b.id::text AS booking_id
+FROM waitlist w JOIN bookings b ON b.course_id = w.course_id AND b.resident_id = w.resident_id
+WHERE w.status = 'waiting' AND b.status IN ('confirmed', 'held')
+ORDER BY w.course_id, w.id
+"""
+BAD_PROMOTIONS = """
+SELECT w.id, w.course_id, w.resident_id, w.booking_id::text AS booking_id,
+       b.course_id AS booked_course, b.resident_id AS booked_resident
+FROM waitlist w LEFT JOIN bookings b ON b.id = w.booking_id
+WHERE w.status = 'promoted'
+  AND (b.id IS NULL OR b.course_id <> w.course_id OR b.resident_id <> w.resident_id)
+ORDER BY w.course_id, w.id
+"""
+UNNOTIFIED_PROMOTIONS = """
+SELECT w.id, w.course_id, w.booking_id::text AS booking_id FROM waitlist w
+WHERE w.status = 'promoted' AND w.booking_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.kind = 'promoted'
+                    AND o.payload->>'booking_id' = w.booking_id::text)
+ORDER BY w.course_id, w.id
+"""
+PAID_BUT_HELD = """
+SELECT p.provider_ref, p.booking_id::text AS booking_id, b.course_id
+FROM payments p JOIN bookings b ON b.id = p.booking_id
+WHERE p.outcome = 'confirmed' AND b.status = 'held'
+ORDER BY b.course_id, p.provider_ref
+"""
+PENDING_WORK = """
+SELECT (SELECT count(*) FROM payments WHERE outcome = 'refund_due') AS refunds_due,
+       (SELECT count(*) FROM outbox WHERE sent_at IS NULL) AS unsent
+"""
 KNOWN_IDS = "SELECT id::text FROM bookings WHERE id = ANY($1::uuid[])"
 MAX_LISTED = 10
+HOLD_GRACE_S = 60.0
 
 
 @dataclass(slots=True)
@@ -38,6 +78,8 @@ class CheckReport:
     courses: int = 0
     active_bookings: int = 0
     received: int = 0
+    refunds_due: int = 0
+    unsent_notifications: int = 0
     violations: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -49,9 +91,11 @@ class CheckReport:
         lines = [f"Checked {self.courses} courses, {self.active_bookings} active bookings, "
                  f"{self.received} booking ids reported by clients."]
         lines += [f"  note: {note}" for note in self.notes]
+        lines += [f"  info: {self.refunds_due} payment(s) due for a refund",
+                  f"  info: {self.unsent_notifications} outbox notification(s) not sent yet"]
         if self.ok:
-            lines.append("OK: no oversell, no duplicates, gate agrees with ledger, "
-                         "nothing lost.")
+            lines.append("OK: no oversell, no duplicates, no lapsed holds, gate agrees with "
+                         "ledger, waitlist and payments consistent, nothing lost.")
         else:
             lines += [f"  VIOLATION: {v}" for v in self.violations[:50]]
             lines.append(f"FAILED: {len(self.violations)} violation(s).")
@@ -68,8 +112,10 @@ def read_received(paths: Iterable[Path]) -> set[str]:
     return ids
 
 
-async def check_invariants(pool: asyncpg.Pool, redis: Redis,
-                           received: set[str] | None = None) -> CheckReport:
+async def check_invariants(pool: asyncpg.Pool, redis: Redis, received: set[str] | None = None,
+                           *, hold_grace_s: float = HOLD_GRACE_S) -> CheckReport:
+    """Every invariant, each violation one line. `hold_grace_s`: how long past its expiry a
+    hold may still be `held` (the sweeper expires holds every few seconds, not at once)."""
     report = CheckReport()
     courses = await pool.fetch(COURSE_COUNTS)
     report.courses = len(courses)
@@ -81,7 +127,14 @@ async def check_invariants(pool: asyncpg.Pool, redis: Redis,
     holders: dict[int, dict[str, str]] = {row["id"]: {} for row in courses}
     for row in await pool.fetch(ACTIVE_HOLDERS):
         holders[row["course_id"]][row["resident_id"]] = row["id"]
-    await _check_gate(report, redis, courses, holders)
+    waiting: dict[int, set[str]] = {row["id"]: set() for row in courses}
+    for row in await pool.fetch(WAITING):
+        waiting[row["course_id"]].add(row["resident_id"])
+    _check_waitlist(report, courses, waiting)
+    await _check_gate(report, redis, courses, holders, waiting)
+    await _check_rows(report, pool, hold_grace_s)
+    pending = await pool.fetchrow(PENDING_WORK)
+    report.refunds_due, report.unsent_notifications = pending["refunds_due"], pending["unsent"]
     if received is not None:
         await _check_received(report, pool, received)
     return report
@@ -97,18 +150,37 @@ def _check_capacity(report: CheckReport, courses: list[asyncpg.Record]) -> None:
                                      f"active bookings but has {row['active']}")
 
 
+def _check_waitlist(report: CheckReport, courses: list[asyncpg.Record],
+                    waiting: dict[int, set[str]]) -> None:
+    """Nobody waits for a cancelled course, nor beside a free seat: a freed seat goes to the
+    first resident waiting in the step that frees it."""
+    for row in courses:
+        n = len(waiting[row["id"]])
+        if not n:
+            continue
+        if row["status"] == "cancelled":
+            report.violations.append(f"course {row['id']} is cancelled but {n} resident(s) "
+                                     f"still wait")
+        elif row["active"] < row["capacity"]:
+            report.violations.append(
+                f"course {row['id']}: {n} resident(s) waiting while "
+                f"{row['capacity'] - row['active']} of {row['capacity']} seats are free")
+
+
 async def _check_gate(report: CheckReport, redis: Redis, courses: list[asyncpg.Record],
-                      holders: dict[int, dict[str, str]]) -> None:
+                      holders: dict[int, dict[str, str]],
+                      waiting: dict[int, set[str]]) -> None:
     async with redis.pipeline(transaction=False) as pipe:
         for row in courses:
-            info, holders_key, pending_key, _ = course_keys(row["id"])
+            info, holders_key, pending_key, waiting_key = course_keys(row["id"])
             pipe.hget(info, "left")
             pipe.hgetall(holders_key)
             pipe.zcard(pending_key)
+            pipe.zrange(waiting_key, 0, -1)
         replies = await pipe.execute()
     not_loaded = 0
     for i, row in enumerate(courses):
-        left, gate_holders, pending = replies[3 * i: 3 * i + 3]
+        left, gate_holders, pending, gate_waiting = replies[4 * i: 4 * i + 4]
         if left is None:
             not_loaded += 1  # the gate loads it from Postgres on first use
             continue
@@ -116,15 +188,66 @@ async def _check_gate(report: CheckReport, redis: Redis, courses: list[asyncpg.R
         if int(left) != expected:
             report.violations.append(f"course {row['id']}: gate says {left} seats left, "
                                      f"ledger says {expected}")
-        if gate_holders != holders[row["id"]]:
-            extra = len(set(gate_holders.items()) - set(holders[row["id"]].items()))
-            missing = len(set(holders[row["id"]].items()) - set(gate_holders.items()))
-            report.violations.append(f"course {row['id']}: gate holders differ from ledger "
-                                     f"({extra} extra, {missing} missing)")
+        _compare(report, row["id"], "holders", set(gate_holders.items()),
+                 set(holders[row["id"]].items()))
+        _compare(report, row["id"], "waitlist entries", set(gate_waiting), waiting[row["id"]])
         if pending:
             report.violations.append(f"course {row['id']}: {pending} grab(s) still pending")
     if not_loaded:
         report.notes.append(f"{not_loaded} course(s) not loaded in the gate yet")
+
+
+def _compare(report: CheckReport, course_id: int, what: str, gate: set[object],
+             ledger: set[object]) -> None:
+    if gate != ledger:
+        report.violations.append(f"course {course_id}: gate {what} differ from ledger "
+                                 f"({len(gate - ledger)} extra, {len(ledger - gate)} missing)")
+
+
+def _lapsed_hold(row: asyncpg.Record) -> str:
+    return (f"booking {row['id']} (course {row['course_id']}): hold lapsed {row['ago']} s ago "
+            f"and is still held")
+
+
+def _waiting_while_booked(row: asyncpg.Record) -> str:
+    return (f"resident {row['resident_id']} waits for course {row['course_id']} while holding "
+            f"booking {row['booking_id']}")
+
+
+def _bad_promotion(row: asyncpg.Record) -> str:
+    entry = f"waitlist entry {row['id']} (course {row['course_id']}) is promoted"
+    if row["booking_id"] is None:
+        return f"{entry} without a booking id"
+    if row["booked_course"] is None:
+        return f"{entry} to booking {row['booking_id']}, which is not in Postgres"
+    return (f"{entry} to booking {row['booking_id']}, which belongs to course "
+            f"{row['booked_course']} and resident {row['booked_resident']}")
+
+
+def _unnotified_promotion(row: asyncpg.Record) -> str:
+    return (f"waitlist entry {row['id']} (course {row['course_id']}): promotion to booking "
+            f"{row['booking_id']} has no 'promoted' outbox row")
+
+
+def _paid_but_held(row: asyncpg.Record) -> str:
+    return (f"payment {row['provider_ref']} (course {row['course_id']}) confirmed booking "
+            f"{row['booking_id']}, which is still held")
+
+
+ROW_CHECKS: tuple[tuple[str, Callable[[asyncpg.Record], str]], ...] = (
+    (WAITING_WHILE_BOOKED, _waiting_while_booked),
+    (BAD_PROMOTIONS, _bad_promotion),
+    (UNNOTIFIED_PROMOTIONS, _unnotified_promotion),
+    (PAID_BUT_HELD, _paid_but_held),
+)
+
+
+async def _check_rows(report: CheckReport, pool: asyncpg.Pool, hold_grace_s: float) -> None:
+    """The invariants whose every offending row is a violation of its own."""
+    rows = await pool.fetch(LAPSED_HOLDS, float(hold_grace_s))
+    report.violations += [_lapsed_hold(row) for row in rows]
+    for query, line in ROW_CHECKS:
+        report.violations += [line(row) for row in await pool.fetch(query)]
 
 
 async def _check_received(report: CheckReport, pool: asyncpg.Pool, received: set[str]) -> None:

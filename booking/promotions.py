@@ -21,15 +21,16 @@ log = logging.getLogger("booking.promotions")
 
 PROMOTE = """
 WITH place AS (
-    UPDATE waitlist SET status = 'promoted', booking_id = $1, updated_at = now()
-    WHERE id = $4 AND course_id = $2 AND resident_id = $3 AND status = 'waiting'
-    RETURNING course_id)
+    UPDATE waitlist w SET status = 'promoted', booking_id = $1, updated_at = now()
+    FROM courses c
+    WHERE w.id = $4 AND w.course_id = $2 AND w.resident_id = $3 AND w.status = 'waiting'
+      AND c.id = w.course_id AND c.status = 'published'
+    RETURNING c.id, c.price_cents, c.hold_minutes)
 INSERT INTO bookings (id, course_id, resident_id, status, expires_at)
-SELECT $1, c.id, $3,
-       CASE WHEN c.price_cents > 0 THEN 'held' ELSE 'confirmed' END,
-       CASE WHEN c.price_cents > 0 THEN now() + make_interval(mins => c.hold_minutes) END
-FROM place JOIN courses c ON c.id = place.course_id
-WHERE c.status = 'published'
+SELECT $1, id, $3,
+       CASE WHEN price_cents > 0 THEN 'held' ELSE 'confirmed' END,
+       CASE WHEN price_cents > 0 THEN now() + make_interval(mins => hold_minutes) END
+FROM place
 RETURNING id::text, course_id, resident_id, status, expires_at
 """
 GIVE_UP_PLACE = """

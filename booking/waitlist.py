@@ -28,6 +28,7 @@ class WaitlistEntryOut(msgspec.Struct):
     joined_at: datetime
 
 
+COURSE_STATUS = "SELECT status FROM courses WHERE id = $1 FOR SHARE"
 JOIN = """
 INSERT INTO waitlist (course_id, resident_id) VALUES ($1, $2)
 ON CONFLICT DO NOTHING RETURNING id
@@ -86,6 +87,9 @@ async def _join(s: Services, course_id: int, resident_id: str) -> bool:
     """Write the place and put it in the gate's queue in one go; False when a twin request of
     the same resident wrote it first."""
     async with s.pool.acquire() as conn, conn.transaction():
+        # A share lock on the course: a cancellation (which clears the waitlist) waits for us.
+        if await conn.fetchval(COURSE_STATUS, course_id) != "published":
+            raise ApiError(409, "course_cancelled", "This course is cancelled.")
         place = await conn.fetchval(JOIN, course_id, resident_id)
         if place is None:
             return False

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
-from conftest import grab, make_course, run_cli, service_env, unique
+import asyncpg
+import httpx
+from conftest import cancel, grab, join_waitlist, make_course, pay, run_cli, service_env, unique
+from redis.asyncio import Redis
 
+from booking.check import check_invariants
+from booking.reconcile import RECONCILER_LOCK
 from booking.seats import course_keys
+
+PRICE = 4500
+LAPSE = "UPDATE bookings SET expires_at = now() - make_interval(secs => $2) WHERE id = $1"
+Step = Callable[[], Awaitable[object]]
 
 
 async def test_check_passes_after_a_rush_and_catches_each_broken_invariant(
-        http, redis, stores, tmp_path):
+        http, db, redis, stores, tmp_path):
     course = await make_course(http, capacity=10)
     answers = await asyncio.gather(*(grab(http, course["id"], unique("c")) for _ in range(40)))
     told = tmp_path / "received.txt"
@@ -35,7 +47,175 @@ async def test_check_passes_after_a_rush_and_catches_each_broken_invariant(
     assert missing.returncode == 1
     assert "1 booking(s) a client was told about are not in Postgres" in missing.stdout
 
+    await holds_and_payments_are_checked(http, db, redis)
+    await refunds_and_unsent_notifications_are_reported(http, db, redis)
+    await waitlist_and_outbox_are_checked(http, db, redis)
+
 
 def test_check_refuses_a_missing_received_file(stores, tmp_path):
     result = run_cli(service_env(stores, tmp_path), "check", "--received", "nowhere.txt")
     assert result.returncode == 2 and "no such file" in result.stderr
+
+
+async def about(db: asyncpg.Pool, redis: Redis, course_id: int, **options: float) -> list[str]:
+    """The checker's violations naming that course (other tests share the database)."""
+    report = await check_invariants(db, redis, **options)
+    named = re.compile(rf"\bcourse {course_id}\b")
+    return [v for v in report.violations if named.search(v)]
+
+
+@asynccontextmanager
+async def sweeper_paused(redis: Redis) -> AsyncIterator[None]:
+    """Hold the reconciler's round lock, so that no sweeper round expires, resyncs or promotes
+    over the damage before the checker has seen it. Taking the lock means the last round
+    started at least its 0.9 s lock time ago."""
+    token = unique("check-test")
+    while not await redis.set(RECONCILER_LOCK, token, nx=True, px=30_000):
+        await asyncio.sleep(0.05)
+    try:
+        yield
+    finally:
+        if await redis.get(RECONCILER_LOCK) == token:
+            await redis.delete(RECONCILER_LOCK)
+
+
+async def caught(db: asyncpg.Pool, redis: Redis, course_id: int, damage: Step, repair: Step,
+                 expected: list[str]) -> None:
+    """Break, check, repair; every expected line must have been reported."""
+    await damage()
+    try:
+        found = await about(db, redis, course_id)
+    finally:
+        await repair()
+    missing = [line for line in expected if line not in found]
+    assert not missing, f"not reported: {missing}; reported: {found}"
+
+
+async def holds_and_payments_are_checked(http: httpx.AsyncClient, db: asyncpg.Pool,
+                                         redis: Redis) -> None:
+    course = await make_course(http, capacity=3, price_cents=PRICE)
+    cid = course["id"]
+    hold = (await grab(http, cid, unique("holder"))).json()
+    paid = (await grab(http, cid, unique("payer"))).json()
+    ref = unique("ref")
+    assert (await pay(http, paid["id"], PRICE, ref)).json()["outcome"] == "confirmed"
+    assert await about(db, redis, cid) == []
+    hold_id, paid_id = uuid.UUID(hold["id"]), uuid.UUID(paid["id"])
+    lapsed = re.compile(rf"booking {hold['id']} \(course {cid}\): hold lapsed (\d+) s ago "
+                        rf"and is still held")
+    async with sweeper_paused(redis):
+        try:
+            await db.execute(LAPSE, hold_id, 30.0)
+            assert await about(db, redis, cid) == []  # within the grace: the sweeper's turn
+            strict = await about(db, redis, cid, hold_grace_s=10)
+            assert len(strict) == 1 and 30 <= int(lapsed.fullmatch(strict[0])[1]) < 40, strict
+            await db.execute(LAPSE, hold_id, 120.0)
+            await db.execute("UPDATE bookings SET status = 'held' WHERE id = $1", paid_id)
+            found = await about(db, redis, cid)
+        finally:
+            await db.execute(LAPSE, hold_id, -600.0)
+            await db.execute("UPDATE bookings SET status = 'confirmed' WHERE id = $1", paid_id)
+        assert any(lapsed.fullmatch(v) and 120 <= int(lapsed.fullmatch(v)[1]) < 130
+                   for v in found), found
+        assert (f"payment {ref} (course {cid}) confirmed booking {paid['id']}, which is still "
+                f"held") in found
+        assert await about(db, redis, cid) == []
+
+
+async def refunds_and_unsent_notifications_are_reported(http: httpx.AsyncClient,
+                                                        db: asyncpg.Pool, redis: Redis) -> None:
+    course = await make_course(http, capacity=1, price_cents=PRICE)
+    booking = (await grab(http, course["id"], unique("payer"))).json()
+    assert (await pay(http, booking["id"], PRICE)).json()["outcome"] == "confirmed"
+    before = await check_invariants(db, redis)
+    twice = await pay(http, booking["id"], PRICE)  # paid twice: the money goes back
+    # A row the dispatcher leaves alone for a day, so the count cannot reach zero meanwhile.
+    row = await db.fetchval("INSERT INTO outbox (kind, resident_id, payload, next_attempt_at) "
+                            "VALUES ('check-test', $1, '{}', now() + interval '1 day') "
+                            "RETURNING id", unique("nobody"))
+    try:
+        after = await check_invariants(db, redis)
+    finally:
+        await db.execute("DELETE FROM outbox WHERE id = $1", row)
+    assert twice.json()["outcome"] == "refund_due"
+    assert after.refunds_due == before.refunds_due + 1
+    assert after.unsent_notifications >= 1
+    assert f"  info: {after.refunds_due} payment(s) due for a refund" in after.summary()
+    assert (f"  info: {after.unsent_notifications} outbox notification(s) not sent yet"
+            in after.summary())
+
+
+async def waitlist_and_outbox_are_checked(http: httpx.AsyncClient, db: asyncpg.Pool,
+                                          redis: Redis) -> None:
+    course = await make_course(http, capacity=1)
+    cid = course["id"]
+    first, promoted, waiter = unique("first"), unique("promoted"), unique("waiter")
+    booking = (await grab(http, cid, first)).json()
+    for who in (promoted, waiter):
+        assert (await join_waitlist(http, cid, who)).status_code == 201
+    assert (await cancel(http, booking["id"], first)).status_code == 200  # to `promoted`
+    entry = await db.fetchrow("SELECT id, booking_id::text AS booking_id FROM waitlist "
+                              "WHERE course_id = $1 AND resident_id = $2 AND status = 'promoted'",
+                              cid, promoted)
+    assert entry is not None and entry["booking_id"]
+    assert await about(db, redis, cid) == []
+    async with sweeper_paused(redis):
+        await waitlist_breaks_are_caught(db, redis, cid, promoted, waiter, entry)
+        await promotion_breaks_are_caught(db, redis, cid, first, booking["id"], entry)
+        assert await about(db, redis, cid) == []
+
+
+async def waitlist_breaks_are_caught(db: asyncpg.Pool, redis: Redis, cid: int, promoted: str,
+                                     waiter: str, entry: asyncpg.Record) -> None:
+    def course_set(sql: str) -> Step:
+        return lambda: db.execute(f"UPDATE courses SET {sql} WHERE id = $1", cid)
+
+    waiting_key = course_keys(cid)[3]
+    place = await redis.zscore(waiting_key, waiter)
+    assert place is not None
+    await caught(db, redis, cid,
+                 lambda: db.execute("INSERT INTO waitlist (course_id, resident_id) "
+                                    "VALUES ($1, $2)", cid, promoted),
+                 lambda: db.execute("DELETE FROM waitlist WHERE course_id = $1 AND "
+                                    "resident_id = $2 AND status = 'waiting'", cid, promoted),
+                 [f"resident {promoted} waits for course {cid} while holding booking "
+                  f"{entry['booking_id']}",
+                  f"course {cid}: gate waitlist entries differ from ledger (0 extra, 1 missing)"])
+    await caught(db, redis, cid, course_set("capacity = 2"), course_set("capacity = 1"),
+                 [f"course {cid}: 1 resident(s) waiting while 1 of 2 seats are free"])
+    await caught(db, redis, cid, course_set("status = 'cancelled'"),
+                 course_set("status = 'published'"),
+                 [f"course {cid} is cancelled but 1 resident(s) still wait"])
+    await caught(db, redis, cid, lambda: redis.zadd(waiting_key, {"ghost": 10**12}),
+                 lambda: redis.zrem(waiting_key, "ghost"),
+                 [f"course {cid}: gate waitlist entries differ from ledger (1 extra, 0 missing)"])
+    await caught(db, redis, cid, lambda: redis.zrem(waiting_key, waiter),
+                 lambda: redis.zadd(waiting_key, {waiter: place}),
+                 [f"course {cid}: gate waitlist entries differ from ledger (0 extra, 1 missing)"])
+
+
+async def promotion_breaks_are_caught(db: asyncpg.Pool, redis: Redis, cid: int, first: str,
+                                      first_booking: str, entry: asyncpg.Record) -> None:
+    def promoted_to(booking_id: str) -> Step:
+        return lambda: db.execute("UPDATE waitlist SET booking_id = $2 WHERE id = $1",
+                                  entry["id"], uuid.UUID(booking_id))
+
+    def outbox_kind(old: str, new: str) -> Step:
+        return lambda: db.execute("UPDATE outbox SET kind = $2 WHERE kind = $1 "
+                                  "AND payload->>'booking_id' = $3", old, new,
+                                  entry["booking_id"])
+
+    nowhere = str(uuid.uuid4())
+    wid, real = entry["id"], entry["booking_id"]
+    await caught(db, redis, cid, promoted_to(nowhere), promoted_to(real),
+                 [f"waitlist entry {wid} (course {cid}) is promoted to booking {nowhere}, "
+                  f"which is not in Postgres",
+                  f"waitlist entry {wid} (course {cid}): promotion to booking {nowhere} has "
+                  f"no 'promoted' outbox row"])
+    await caught(db, redis, cid, promoted_to(first_booking), promoted_to(real),
+                 [f"waitlist entry {wid} (course {cid}) is promoted to booking {first_booking}, "
+                  f"which belongs to course {cid} and resident {first}"])
+    await caught(db, redis, cid, outbox_kind("promoted", "check-test-hidden"),
+                 outbox_kind("check-test-hidden", "promoted"),
+                 [f"waitlist entry {wid} (course {cid}): promotion to booking {real} has no "
+                  f"'promoted' outbox row"])
