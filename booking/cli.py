@@ -185,6 +185,7 @@ def _print_demo(settings: Settings, term: DemoTerm) -> None:
     base = f"http://{settings.host}:{settings.port}"
     resident = mint(settings.secret, "resident", "demo-resident-1")
     hot = term.hot_course_ids[0] if term.hot_course_ids else 1
+    paid = term.paid_course_id or hot
     state = "loaded" if term.loaded else "already present, kept as it was"
     print(f"""
 Demo term {state}. Sales open at {term.opens_at:%H:%M:%S} UTC (hot courses: {term.hot_course_ids}).
@@ -193,6 +194,11 @@ Demo term {state}. Sales open at {term.opens_at:%H:%M:%S} UTC (hot courses: {ter
   curl -s {base}/v1/courses/{hot}
   curl -s -X POST {base}/v1/courses/{hot}/bookings -H "Authorization: Bearer $TOKEN"
   curl -s {base}/v1/me/bookings -H "Authorization: Bearer $TOKEN"
+Once the hot course is sold out, wait for a seat (a cancelled one comes to you by itself):
+  curl -s -X POST {base}/v1/courses/{hot}/waitlist -H "Authorization: Bearer $TOKEN"
+A paid course (course {paid}) holds your seat for 10 minutes; play the payment provider:
+  curl -s -X POST {base}/v1/courses/{paid}/bookings -H "Authorization: Bearer $TOKEN"
+  booking pay --url {base} <booking id from that answer>
 More tokens: booking token resident <id> | booking token venue <venue id> | booking token operator
 """, flush=True)
 

@@ -24,6 +24,8 @@ CLASSES = [
 ]
 HOT_COURSES = 6
 HOT_SEATS = 20
+PAID_EVERY = 5  # every fifth of the other courses is paid: a grab holds the seat until paid
+PRICE_CENTS = 3800
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,7 @@ class DemoTerm:
     courses: int
     hot_course_ids: list[int]
     opens_at: datetime
+    paid_course_id: int | None
     loaded: bool  # False when the database already had data and was left as it was
 
 
@@ -42,7 +45,8 @@ async def load_demo(conn: asyncpg.Connection, opens_in_s: float = 60,
     if await conn.fetchval("SELECT count(*) FROM venues"):
         hot = await conn.fetch("SELECT id FROM courses WHERE capacity = $1 ORDER BY id LIMIT $2",
                                HOT_SEATS, HOT_COURSES)
-        return DemoTerm(0, 0, [r["id"] for r in hot], opens_at, loaded=False)
+        paid = await conn.fetchval("SELECT min(id) FROM courses WHERE price_cents > 0")
+        return DemoTerm(0, 0, [r["id"] for r in hot], opens_at, paid, loaded=False)
     rng = random.Random(2026)
     async with conn.transaction():
         venue_ids = []
@@ -59,14 +63,16 @@ async def load_demo(conn: asyncpg.Connection, opens_in_s: float = 60,
             title, category = CLASSES[i % len(CLASSES)]
             starts = opens_at + timedelta(days=7 + i % 14, hours=11)
             capacity = HOT_SEATS if i < HOT_COURSES else rng.choice([25, 30, 40])
+            price = PRICE_CENTS if i >= HOT_COURSES and i % PAID_EVERY == 0 else 0
             course_ids.append(await conn.fetchval(
                 "INSERT INTO courses (venue_id, title, category, teacher, description, "
                 "starts_at, ends_at, capacity, price_cents, sales_open_at) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9) RETURNING id",
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
                 venue_ids[i % len(venue_ids)], title, category, f"Teacher {i + 1}",
                 "An evening class of the city night school.", starts,
-                starts + timedelta(hours=2), capacity, opens_at))
-    return DemoTerm(venues, courses, course_ids[:HOT_COURSES], opens_at, loaded=True)
+                starts + timedelta(hours=2), capacity, price, opens_at))
+    paid = course_ids[HOT_COURSES + (-HOT_COURSES) % PAID_EVERY]
+    return DemoTerm(venues, courses, course_ids[:HOT_COURSES], opens_at, paid, loaded=True)
 
 
 async def run_crowd(base_url: str, secret: str, term: DemoTerm, residents: int) -> None:
