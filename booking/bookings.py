@@ -176,6 +176,14 @@ async def _held_booking(s: Services, booking_id: str) -> BookingOut:
         await asyncio.sleep(0.02)
 
 
+async def _own_booking(s: Services, booking_id: uuid.UUID, resident_id: str) -> asyncpg.Record:
+    """The resident's booking with its status and whether its cancel deadline has passed."""
+    row = await s.pool.fetchrow(SELECT_OWN_FOR_CANCEL, booking_id, resident_id)
+    if row is None:
+        raise not_found("booking of yours")
+    return row
+
+
 @delete("/v1/bookings/{booking_id:uuid}", operation_id="cancelBooking", tags=["bookings"],
         status_code=200, **secured(404, 409))
 async def cancel_booking(request: Request, booking_id: uuid.UUID) -> BookingOut:
@@ -183,9 +191,7 @@ async def cancel_booking(request: Request, booking_id: uuid.UUID) -> BookingOut:
     first resident waiting, or can be grabbed again at once."""
     s = services(request)
     resident_id = s.auth.require(request, "resident").sub
-    row = await s.pool.fetchrow(SELECT_OWN_FOR_CANCEL, booking_id, resident_id)
-    if row is None:
-        raise not_found("booking of yours")
+    row = await _own_booking(s, booking_id, resident_id)
     if row["status"] not in ("confirmed", "held"):
         # Cancelled before: give the seat back again in case that cancel's release never ran.
         await free_seat(s.pool, s.gate, row["course_id"], resident_id, row["id"])
@@ -208,9 +214,7 @@ async def swap_booking(request: Request, booking_id: uuid.UUID, data: SwapIn) ->
     (the old one cancelled, its seat to the waitlist), or 409 and you keep the old one."""
     s = services(request)
     resident_id = s.auth.require(request, "resident").sub
-    old = await s.pool.fetchrow(SELECT_OWN_FOR_CANCEL, booking_id, resident_id)
-    if old is None:
-        raise not_found("booking of yours")
+    old = await _own_booking(s, booking_id, resident_id)
     if old["status"] not in ("confirmed", "held"):
         raise ApiError(409, "not_active", "This booking is no longer active.")
     if old["too_late"]:
