@@ -105,9 +105,8 @@ async def grab_seat(request: Request, course_id: CourseId) -> Response[BookingOu
     """Grab a seat: 201 with a new booking, 200 with the one already held, or 409 saying why not."""
     s = services(request)
     resident_id = s.auth.require(request, "resident").sub
-    wait_s = await s.limiter.wait_s(resident_id, request.client.host if request.client else "-")
+    wait_s = await _wait_before_grabbing(s, request, resident_id)
     if wait_s:
-        GRABS.labels("rate_limited").inc()
         return answer(rate_limited(wait_s))  # type: ignore[return-value]
     booking_id = str(uuid.uuid4())
     decision = await s.gate.grab(existing_id(course_id), resident_id, booking_id)
@@ -128,6 +127,14 @@ async def grab_seat(request: Request, course_id: CourseId) -> Response[BookingOu
         case "course_cancelled":
             return answer(COURSE_CANCELLED)  # type: ignore[return-value]
     raise unavailable()
+
+
+async def _wait_before_grabbing(s: Services, request: Request, resident_id: str) -> float:
+    """Seconds this resident (or their address) must wait under the grab limits; 0: go."""
+    wait_s = await s.limiter.wait_s(resident_id, request.client.host if request.client else "-")
+    if wait_s:
+        GRABS.labels("rate_limited").inc()
+    return wait_s
 
 
 async def _commit(s: Services, course_id: int, resident_id: str, booking_id: str,
@@ -208,12 +215,15 @@ async def cancel_booking(request: Request, booking_id: uuid.UUID) -> BookingOut:
 
 
 @post("/v1/bookings/{booking_id:uuid}/swap", operation_id="swapBooking", tags=["bookings"],
-      status_code=201, **secured(404, 409, 413))
+      status_code=201, **secured(404, 409, 413, 429))
 async def swap_booking(request: Request, booking_id: uuid.UUID, data: SwapIn) -> BookingOut:
     """Trade your booking for a seat in another course in one step: 201 with the new booking
     (the old one cancelled, its seat to the waitlist), or 409 and you keep the old one."""
     s = services(request)
     resident_id = s.auth.require(request, "resident").sub
+    wait_s = await _wait_before_grabbing(s, request, resident_id)
+    if wait_s:  # a swap takes a seat too: the same limits as a grab
+        raise rate_limited(wait_s)
     old = await _own_booking(s, booking_id, resident_id)
     if old["status"] not in ("confirmed", "held"):
         raise ApiError(409, "not_active", "This booking is no longer active.")

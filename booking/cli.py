@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     release.add_argument("--seats", type=int, default=20, help="seats per course (default 20)")
     release.add_argument("--opens-in", type=float, default=30, metavar="SECONDS",
                          help="sales open this many seconds from now (default 30)")
+    release.add_argument("--paid-share", type=float, default=0.0, metavar="SHARE",
+                         help="share of the courses (0-1) with a price, whose grabs are holds "
+                              "(default 0)")
+    release.add_argument("--hold-minutes", type=int, default=10,
+                         help="how long a hold waits for its payment (default 10)")
     release.add_argument("--out", default="loadtest/results/release.json",
                          help="where to write the release (JSON)")
     release.set_defaults(run=_release)
@@ -303,9 +308,13 @@ def _release(args: argparse.Namespace) -> int:
 
     if not (1 <= args.courses <= 100_000 and 1 <= args.seats <= 10_000):
         raise ConfigError("--courses must be 1-100000 and --seats 1-10000.")
+    if not (0 <= args.paid_share <= 1 and 1 <= args.hold_minutes <= 1440):
+        raise ConfigError("--paid-share must be 0-1 and --hold-minutes 1-1440.")
     settings = Settings.from_env()
     release = asyncio.run(publish_release(args.url, settings.secret, courses=args.courses,
-                                          seats=args.seats, opens_in_s=args.opens_in))
+                                          seats=args.seats, opens_in_s=args.opens_in,
+                                          paid_share=args.paid_share,
+                                          hold_minutes=args.hold_minutes))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(release.to_dict(), indent=1))

@@ -38,7 +38,9 @@ RECONCILER_SEATS = Counter("booking_reconciler_seats_total",
                            "Seats the reconciler gave back or restored", ["action"])
 HOLDS_EXPIRED = Counter("booking_holds_expired_total", "Unpaid holds expired by the sweeper")
 PROMOTIONS = Counter("booking_promotions_total", "Waiting residents given a freed seat")
-PAYMENTS = Counter("booking_payment_callbacks_total", "Payment callbacks by outcome", ["outcome"])
+PAYMENTS = Counter("booking_payment_callbacks_total",
+                   "Payment callbacks by outcome (`repeated`: a provider reference seen before)",
+                   ["outcome"])
 STORE_ERRORS = Counter("booking_store_errors_total", "Errors talking to a store", ["store"])
 
 

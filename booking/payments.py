@@ -98,15 +98,17 @@ async def payment_callback(request: Request) -> Response[PaymentOut]:
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid", f"Invalid payment callback: {exc}") from exc
     async with s.pool.acquire() as conn, conn.transaction():
-        result = await _settle_payment(conn, callback)
-    PAYMENTS.labels(result.outcome).inc()
+        result, repeated = await _settle_payment(conn, callback)
+    PAYMENTS.labels("repeated" if repeated else result.outcome).inc()
     if result.outcome == "amount_mismatch":
         return answer(ApiError(  # type: ignore[return-value]
             409, "amount_mismatch", "The amount paid is not the price of this course."))
     return Response(result, status_code=200)
 
 
-async def _settle_payment(conn: asyncpg.Connection, callback: PaymentCallback) -> PaymentOut:
+async def _settle_payment(conn: asyncpg.Connection,
+                          callback: PaymentCallback) -> tuple[PaymentOut, bool]:
+    """The answer, and whether this provider reference was seen before."""
     try:
         claimed = await conn.fetchval(CLAIM_REFERENCE, callback.provider_ref,
                                       callback.booking_id, callback.amount_cents)
@@ -117,7 +119,7 @@ async def _settle_payment(conn: asyncpg.Connection, callback: PaymentCallback) -
         if earlier["booking_id"] != str(callback.booking_id):
             raise ApiError(409, "provider_ref_reused",
                            "This provider reference was used for another booking.")
-        return PaymentOut(**dict(earlier))
+        return PaymentOut(**dict(earlier)), True
     booking = await conn.fetchrow(BOOKING_TO_PAY, callback.booking_id)
     if callback.amount_cents != booking["price_cents"]:
         outcome, status = "amount_mismatch", booking["status"]
@@ -126,7 +128,7 @@ async def _settle_payment(conn: asyncpg.Connection, callback: PaymentCallback) -
     else:  # lapsed, cancelled, or paid already: never resurrected, the money goes back
         outcome, status = "refund_due", booking["status"]
     await conn.execute(SET_OUTCOME, callback.provider_ref, outcome)
-    return PaymentOut(callback.provider_ref, str(callback.booking_id), outcome, status)
+    return PaymentOut(callback.provider_ref, str(callback.booking_id), outcome, status), False
 
 
 @get("/v1/payments/refunds", operation_id="refundsDue", tags=["payments"], **secured())

@@ -1,13 +1,16 @@
 """Publish a release for a rehearsal: venues and courses through the API, one opening time.
 
 Used by `booking release` (for Locust runs) and by `booking bench`. The course ids come back
-hottest first: load generators aim most of the crowd at the first tenth.
+hottest first: load generators aim most of the crowd at the first tenth. With `paid_share`, that
+share of the courses has a price, spread evenly over the list (the hottest course first), so
+holds, payments and the waitlist of a sold-out paid course are rehearsed too.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -16,6 +19,8 @@ from booking.auth import mint
 
 DISTRICTS = ["Dongcheng", "Xicheng", "Chaoyang", "Haidian", "Fengtai", "Shijingshan"]
 CATEGORIES = ["calligraphy", "technology", "music", "culture", "art", "fitness"]
+PRICE_CENTS = 2500
+HOLD_MINUTES = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,13 +30,28 @@ class Release:
     opens_at_epoch: float
     course_ids: list[int]
     seats: int
+    paid_course_ids: list[int] = field(default_factory=list)  # a grab of one gives a hold
+    price_cents: int = 0  # the price of each paid course
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
+def is_paid(n: int, paid_share: float) -> bool:
+    """Whether course n (0 = hottest) is paid: share s makes every (1/s)-th course paid,
+    starting with the hottest, so hot and cold courses both get their share."""
+    def paid_before(k: int) -> int:
+        return math.ceil(round(k * paid_share, 9))  # round: 0.7 * 10 is not quite 7
+
+    return paid_before(n + 1) > paid_before(n)
+
+
 async def publish_release(base_url: str, secret: str, *, courses: int, seats: int,
-                          opens_in_s: float, venues: int = 26) -> Release:
+                          opens_in_s: float, venues: int = 26, paid_share: float = 0.0,
+                          price_cents: int = PRICE_CENTS,
+                          hold_minutes: int = HOLD_MINUTES) -> Release:
+    if not (0.0 <= paid_share <= 1.0 and price_cents >= 1):
+        raise ValueError("paid_share must be 0-1 and price_cents at least 1")
     opens_at = datetime.now(UTC) + timedelta(seconds=opens_in_s)
     headers = {"Authorization": f"Bearer {mint(secret, 'operator', 'release-publisher')}"}
     limit = asyncio.Semaphore(16)
@@ -44,6 +64,11 @@ async def publish_release(base_url: str, secret: str, *, courses: int, seats: in
                 raise RuntimeError(f"POST {path} answered {answer.status_code}: {answer.text}")
             return answer.json()["id"]
 
+        def price(n: int) -> dict[str, object]:
+            if not is_paid(n, paid_share):
+                return {}
+            return {"price_cents": price_cents, "hold_minutes": hold_minutes}
+
         venue_ids = await asyncio.gather(*(post("/v1/venues", {
             "name": f"Rehearsal point {n + 1}", "district": DISTRICTS[n % len(DISTRICTS)],
             "address": f"{n + 1} Release Road", "lat": 39.9, "lon": 116.4,
@@ -53,6 +78,8 @@ async def publish_release(base_url: str, secret: str, *, courses: int, seats: in
             "title": f"Rehearsal class {n + 1}", "category": CATEGORIES[n % len(CATEGORIES)],
             "teacher": f"Teacher {n + 1}", "venue_id": venue_ids[n % len(venue_ids)],
             "starts_at": starts.isoformat(), "ends_at": (starts + timedelta(hours=2)).isoformat(),
-            "capacity": seats, "sales_open_at": opens_at.isoformat(),
+            "capacity": seats, "sales_open_at": opens_at.isoformat(), **price(n),
         }) for n in range(courses)))
-    return Release(base_url, opens_at.isoformat(), opens_at.timestamp(), list(course_ids), seats)
+    paid = [course_id for n, course_id in enumerate(course_ids) if is_paid(n, paid_share)]
+    return Release(base_url, opens_at.isoformat(), opens_at.timestamp(), list(course_ids), seats,
+                   paid, price_cents if paid else 0)
