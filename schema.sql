@@ -87,8 +87,9 @@ CREATE INDEX IF NOT EXISTS bookings_held_by_expiry ON bookings (expires_at) WHER
 CREATE OR REPLACE FUNCTION bookings_apply_active_delta() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    ids    bigint[];
-    deltas integer[];
+    ids           bigint[];
+    deltas        integer[];
+    course_status text;
 BEGIN
     IF TG_OP = 'INSERT' THEN
         SELECT array_agg(course_id ORDER BY course_id), array_agg(n ORDER BY course_id)
@@ -110,7 +111,14 @@ BEGIN
                  WHERE status IN ('confirmed', 'held') GROUP BY course_id) per_course;
     END IF;
     FOR i IN 1 .. coalesce(array_length(ids, 1), 0) LOOP
-        UPDATE courses SET active_bookings = active_bookings + deltas[i] WHERE id = ids[i];
+        -- After waiting for the row, UPDATE sees the latest status: a grab that raced the
+        -- course's cancellation is refused here, not left as a booking of a cancelled course.
+        UPDATE courses SET active_bookings = active_bookings + deltas[i] WHERE id = ids[i]
+            RETURNING status INTO course_status;
+        IF deltas[i] > 0 AND course_status = 'cancelled' THEN
+            RAISE EXCEPTION 'course % is cancelled', ids[i]
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'courses_cancelled_take_no_bookings';
+        END IF;
     END LOOP;
     RETURN NULL;
 END $$;

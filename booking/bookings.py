@@ -155,6 +155,8 @@ async def _commit(s: Services, course_id: int, resident_id: str, booking_id: str
             await s.loader.load(course_id)
             if exc.constraint == "courses_not_oversold":
                 raise SOLD_OUT.again() from exc
+            if exc.constraint == "courses_cancelled_take_no_bookings":
+                raise COURSE_CANCELLED.again() from exc
             row = await s.pool.fetchrow(SELECT_ACTIVE, course_id, resident_id)
             if row is not None:
                 return Response(booking_out(row), status_code=200)
@@ -275,6 +277,8 @@ async def _write_swap(s: Services, old: asyncpg.Record, new_id: str, course_id: 
         await s.gate.settle([(old["course_id"], resident_id)])  # the old seat stays theirs
         if isinstance(exc, asyncpg.IntegrityConstraintViolationError):  # gate and ledger differ
             await s.loader.load(course_id)
+            if getattr(exc, "constraint_name", None) == "courses_cancelled_take_no_bookings":
+                raise COURSE_CANCELLED.again() from exc
             if isinstance(exc, asyncpg.UniqueViolationError):
                 raise ApiError(409, "already_booked",
                                "You already hold a seat in that course.") from exc

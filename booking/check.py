@@ -148,6 +148,9 @@ def _check_capacity(report: CheckReport, courses: list[asyncpg.Record]) -> None:
         if row["active"] != row["active_bookings"]:
             report.violations.append(f"course {row['id']} counts {row['active_bookings']} "
                                      f"active bookings but has {row['active']}")
+        if row["status"] == "cancelled" and row["active"]:
+            report.violations.append(f"course {row['id']} is cancelled but has {row['active']} "
+                                     f"active booking(s)")
 
 
 def _check_waitlist(report: CheckReport, courses: list[asyncpg.Record],

@@ -47,6 +47,12 @@ async def test_check_passes_after_a_rush_and_catches_each_broken_invariant(
     assert missing.returncode == 1
     assert "1 booking(s) a client was told about are not in Postgres" in missing.stdout
 
+    async with sweeper_paused(redis):
+        await db.execute("UPDATE courses SET status = 'cancelled' WHERE id = $1", course["id"])
+        found = await about(db, redis, course["id"])
+        await db.execute("UPDATE courses SET status = 'published' WHERE id = $1", course["id"])
+    assert f"course {course['id']} is cancelled but has 10 active booking(s)" in found
+
     await holds_and_payments_are_checked(http, db, redis)
     await refunds_and_unsent_notifications_are_reported(http, db, redis)
     await waitlist_and_outbox_are_checked(http, db, redis)

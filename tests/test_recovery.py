@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 from conftest import (
     FAIL_INSERTS,
+    OPERATOR,
     STOP_FAILING,
     active_rows,
     gate_left,
@@ -168,6 +169,21 @@ async def test_postgres_alone_refuses_oversell_and_duplicates(http, db, redis):
     await db.execute(insert, course["id"], "c")
     assert await active_rows(db, course["id"]) == 2
     await redis.delete(*course_keys(course["id"]))  # the gate reloads it from Postgres
+
+
+async def test_postgres_alone_refuses_a_booking_of_a_cancelled_course(http, db, redis):
+    """A grab that raced the course's cancellation, its row arriving after the cancel."""
+    course = await make_course(http, capacity=3)
+    cancelled = await http.patch(f"/v1/courses/{course['id']}", json={"status": "cancelled"},
+                                 headers=OPERATOR)
+    assert cancelled.status_code == 200
+    insert = "INSERT INTO bookings (id, course_id, resident_id) VALUES (gen_random_uuid(), $1, $2)"
+
+    with pytest.raises(asyncpg.CheckViolationError) as refused:
+        await db.execute(insert, course["id"], unique("late"))
+
+    assert refused.value.constraint_name == "courses_cancelled_take_no_bookings"
+    assert await active_rows(db, course["id"]) == 0
 
 
 async def test_schema_applies_twice(stores, tmp_path):
