@@ -54,7 +54,7 @@ WHERE id = $1 AND resident_id = $2 AND {ACTIVE} RETURNING {COLUMNS}
 """
 SELECT_OWN = f"SELECT {COLUMNS} FROM bookings WHERE id = $1 AND resident_id = $2"
 SELECT_OWN_FOR_CANCEL = """
-SELECT b.id::text AS id, b.course_id, b.status,
+SELECT b.id::text AS id, b.course_id, b.resident_id, b.status, b.created_at, b.expires_at,
        now() > coalesce(c.cancel_deadline, c.starts_at) AS too_late
 FROM bookings b JOIN courses c ON c.id = b.course_id WHERE b.id = $1 AND b.resident_id = $2
 """
@@ -74,7 +74,8 @@ SELECT {COLUMNS} FROM bookings WHERE course_id = $1 AND {ACTIVE} ORDER BY create
 
 
 def booking_out(row: asyncpg.Record) -> BookingOut:
-    return BookingOut(**dict(row))
+    return BookingOut(row["id"], row["course_id"], row["resident_id"], row["status"],
+                      row["created_at"], row["expires_at"])
 
 
 SOLD_OUT = ApiError(409, "sold_out", "Every seat of this course is taken.")
@@ -204,7 +205,7 @@ async def cancel_booking(request: Request, booking_id: uuid.UUID) -> BookingOut:
     if row["status"] not in ("confirmed", "held"):
         # Cancelled before: give the seat back again in case that cancel's release never ran.
         await free_seat(s.pool, s.gate, row["course_id"], resident_id, row["id"])
-        return booking_out(await s.pool.fetchrow(SELECT_OWN, booking_id, resident_id))
+        return booking_out(row)
     if row["too_late"]:
         raise DEADLINE_PASSED.again()
     await s.gate.mark_leaving(row["course_id"], resident_id, row["id"])

@@ -68,7 +68,8 @@ async def write_promotions(pool: asyncpg.Pool, gate: SeatGate,
         promotion = todo.pop(0)
         try:
             outcome = await _write_one(pool, promotion)
-        except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                TimeoutError) as exc:
             # Unknown whether it committed: the pending mark lets the reconciler judge.
             log.warning("promotion on course %s left to the reconciler: %s",
                         promotion.course_id, type(exc).__name__)

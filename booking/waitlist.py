@@ -16,7 +16,7 @@ from litestar import Request, Response, delete, get, post
 from litestar.openapi import ResponseSpec
 
 from booking.context import Services, services
-from booking.courses import CourseId, existing_id, fetch_course
+from booking.courses import CourseId, existing_id
 from booking.errors import ApiError, not_found, secured, unavailable
 
 
@@ -68,10 +68,7 @@ async def join_waitlist(request: Request, course_id: CourseId) -> Response[Waitl
     409 `seats_available` when a seat is free (grab it instead)."""
     s = services(request)
     resident_id = s.auth.require(request, "resident").sub
-    course = await fetch_course(s, existing_id(course_id))
-    if course["status"] != "published":
-        raise ApiError(409, "course_cancelled", "This course is cancelled.")
-    mine = await s.pool.fetchrow(MY_PLACE, course_id, resident_id)
+    mine = await s.pool.fetchrow(MY_PLACE, existing_id(course_id), resident_id)
     if mine is not None:
         return Response(entry_out(mine), status_code=200)
     if await s.pool.fetchval(HOLDS_A_SEAT, course_id, resident_id):
@@ -88,7 +85,10 @@ async def _join(s: Services, course_id: int, resident_id: str) -> bool:
     the same resident wrote it first."""
     async with s.pool.acquire() as conn, conn.transaction():
         # A share lock on the course: a cancellation (which clears the waitlist) waits for us.
-        if await conn.fetchval(COURSE_STATUS, course_id) != "published":
+        status = await conn.fetchval(COURSE_STATUS, course_id)
+        if status is None:
+            raise not_found("course")
+        if status != "published":
             raise ApiError(409, "course_cancelled", "This course is cancelled.")
         place = await conn.fetchval(JOIN, course_id, resident_id)
         if place is None:

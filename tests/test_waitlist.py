@@ -61,11 +61,13 @@ async def test_join_see_your_place_and_leave(http):
     course, _ = await sold_out_course(http, seats=1)
     first, second = unique("first"), unique("second")
 
+    unknown = await join_waitlist(http, 999_999_999, first)
     free_seat = await join_waitlist(http, roomy["id"], first)
     joined = await join_waitlist(http, course["id"], first)
     again = await join_waitlist(http, course["id"], first)
     behind = await join_waitlist(http, course["id"], second)
 
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "not_found")
     assert (free_seat.status_code, free_seat.json()["code"]) == (409, "seats_available")
     assert joined.status_code == 201 and joined.json()["position"] == 1
     assert again.status_code == 200 and again.json() == joined.json()
