@@ -13,19 +13,20 @@ from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import ConnectionPool, Redis
 
 from booking import bookings, courses, payments, venues, waitlist
-from booking.auth import Authenticator
 from booking.context import Services, services
-from booking.db import STATEMENT_TIMEOUT_MS, create_pool
-from booking.errors import EXCEPTION_HANDLERS, documented
-from booking.ledger import BookingLedger
-from booking.middleware import observe
-from booking.observability import configure_logging, metrics_text, seats_left_text
-from booking.outbox import dispatch_forever
-from booking.ratelimit import Limit, RateLimiter
-from booking.readcache import ReadCache
-from booking.reconcile import CourseLoader, sweep_forever
+from booking.core.auth import Authenticator
+from booking.core.db import STATEMENT_TIMEOUT_MS, create_pool
+from booking.core.errors import EXCEPTION_HANDLERS, documented
+from booking.core.middleware import observe
+from booking.core.observability import configure_logging, metrics_text, seats_left_text
+from booking.core.readcache import ReadCache
+from booking.core.settings import ConfigError, Settings
+from booking.ledger.commit import BookingLedger
+from booking.ledger.outbox import dispatch_forever
+from booking.lifecycle.sweeper import sweep_forever
 from booking.seats import SeatGate
-from booking.settings import ConfigError, Settings
+from booking.seats.ratelimit import Limit, RateLimiter
+from booking.seats.reconcile import CourseLoader
 
 MAX_BODY_BYTES = 64 * 1024
 

@@ -16,12 +16,12 @@ from litestar import Request, Response, delete, get, post
 from litestar.openapi import ResponseSpec
 
 from booking.context import Services, services
+from booking.core.errors import ApiError, answer, not_found, secured, unavailable
+from booking.core.fields import MAX_ID
+from booking.core.observability import GRABS
 from booking.courses import CourseId, check_owner, existing_id, fetch_course
-from booking.errors import ApiError, answer, not_found, secured, unavailable
-from booking.fields import MAX_ID
-from booking.ledger import CommitFailed, NewBooking
-from booking.observability import GRABS
-from booking.promotions import free_seat
+from booking.ledger.commit import CommitFailed, NewBooking
+from booking.ledger.promotions import free_seat
 
 log = logging.getLogger("booking.bookings")
 

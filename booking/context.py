@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import asyncpg
 from litestar import Request
 
-from booking.auth import Authenticator
-from booking.ledger import BookingLedger
-from booking.ratelimit import RateLimiter
-from booking.readcache import ReadCache
-from booking.reconcile import CourseLoader
+from booking.core.auth import Authenticator
+from booking.core.readcache import ReadCache
+from booking.core.settings import Settings
+from booking.ledger.commit import BookingLedger
 from booking.seats import SeatGate
-from booking.settings import Settings
+from booking.seats.ratelimit import RateLimiter
+from booking.seats.reconcile import CourseLoader
 
 
 @dataclass(slots=True)

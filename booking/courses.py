@@ -10,12 +10,12 @@ import msgspec
 from litestar import Request, get, patch, post
 from litestar.params import Parameter
 
-from booking.auth import Principal
 from booking.context import Services, services
-from booking.errors import ApiError, documented, forbidden, not_found, secured
-from booking.fields import MAX_ID, NO_NUL
-from booking.outbox import add_notification
-from booking.promotions import promote_waiting
+from booking.core.auth import Principal
+from booking.core.errors import ApiError, documented, forbidden, not_found, secured
+from booking.core.fields import MAX_ID, NO_NUL
+from booking.ledger.outbox import add_notification
+from booking.ledger.promotions import promote_waiting
 
 MAX_CAPACITY = 10_000
 MAX_PRICE_CENTS = 10_000_000

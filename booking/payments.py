@@ -21,9 +21,9 @@ import msgspec
 from litestar import Request, Response, get, post
 
 from booking.context import services
-from booking.errors import ApiError, answer, documented, not_found, secured
-from booking.fields import NO_NUL
-from booking.observability import PAYMENTS
+from booking.core.errors import ApiError, answer, documented, not_found, secured
+from booking.core.fields import NO_NUL
+from booking.core.observability import PAYMENTS
 
 SIGNATURE_HEADER = "X-Booking-Signature"
 

@@ -8,8 +8,8 @@ import msgspec
 from litestar import Request, get, post
 
 from booking.context import services
-from booking.errors import documented, secured
-from booking.fields import NO_NUL
+from booking.core.errors import documented, secured
+from booking.core.fields import NO_NUL
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 

@@ -16,8 +16,8 @@ from litestar import Request, Response, delete, get, post
 from litestar.openapi import ResponseSpec
 
 from booking.context import Services, services
+from booking.core.errors import ApiError, not_found, secured, unavailable
 from booking.courses import CourseId, existing_id
-from booking.errors import ApiError, not_found, secured, unavailable
 
 
 class WaitlistEntryOut(msgspec.Struct):

@@ -44,11 +44,11 @@ import httpx
 import psutil
 from redis.asyncio import Redis
 
-from booking.auth import mint
-from booking.check import CheckReport, check_invariants
-from booking.db import STATEMENT_TIMEOUT_MS
-from booking.embedded import EmbeddedStores
-from booking.release import publish_release
+from booking.core.auth import mint
+from booking.core.db import STATEMENT_TIMEOUT_MS
+from booking.core.embedded import EmbeddedStores
+from booking.ops.check import CheckReport, check_invariants
+from booking.ops.rehearsal import publish_release
 from booking.seats import course_keys
 
 if TYPE_CHECKING:

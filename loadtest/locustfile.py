@@ -43,7 +43,7 @@ from locust.env import Environment
 from locust.exception import StopUser
 from locust.runners import MasterRunner, Runner, WorkerRunner
 
-from booking.auth import mint
+from booking.core.auth import mint
 
 log = logging.getLogger("loadtest")
 

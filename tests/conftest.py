@@ -29,9 +29,9 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from booking.auth import mint
-from booking.db import apply_schema
-from booking.embedded import EmbeddedStores
+from booking.core.auth import mint
+from booking.core.db import apply_schema
+from booking.core.embedded import EmbeddedStores
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 PAYMENT_SECRET = "test-payment-secret-long-enough-for-hmac"

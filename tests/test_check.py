@@ -13,8 +13,8 @@ import httpx
 from conftest import cancel, grab, join_waitlist, make_course, pay, run_cli, service_env, unique
 from redis.asyncio import Redis
 
-from booking.check import check_invariants
-from booking.reconcile import RECONCILER_LOCK
+from booking.lifecycle.sweeper import RECONCILER_LOCK
+from booking.ops.check import check_invariants
 from booking.seats import course_keys
 
 PRICE = 4500

@@ -21,8 +21,8 @@ from conftest import (
 )
 from redis.asyncio import Redis
 
-from booking.check import check_invariants
-from booking.holds import expire_due_holds
+from booking.lifecycle.holds import expire_due_holds
+from booking.ops.check import check_invariants
 from booking.seats import SeatGate
 
 PRICE = 4500

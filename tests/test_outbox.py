@@ -24,7 +24,13 @@ import pytest
 import pytest_asyncio
 from conftest import Stores, unique
 
-from booking.outbox import ID_HEADER, add_notification, backoff_s, dispatch_forever, dispatch_once
+from booking.ledger.outbox import (
+    ID_HEADER,
+    add_notification,
+    backoff_s,
+    dispatch_forever,
+    dispatch_once,
+)
 
 
 @dataclass
@@ -227,10 +233,10 @@ async def test_concurrent_dispatchers_deliver_each_row_once(pool: asyncpg.Pool) 
 async def test_without_webhook_rows_are_logged_without_personal_data(
         pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture) -> None:
     residents = await add_rows(pool, 3, kind="course_cancelled")
-    caplog.set_level(logging.INFO, logger="booking.outbox")
+    caplog.set_level(logging.INFO, logger="booking.ledger.outbox")
     assert await dispatch_once(pool, None, None) == 3
     assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
-    lines = [r.getMessage() for r in caplog.records if r.name == "booking.outbox"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "booking.ledger.outbox"]
     assert len(lines) == 3
     for notification_id, who in residents.items():
         assert sum(f"notification {notification_id} " in line for line in lines) == 1

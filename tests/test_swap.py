@@ -17,7 +17,7 @@ from conftest import (
     unique,
 )
 
-from booking.check import check_invariants
+from booking.ops.check import check_invariants
 
 
 async def swap(http, booking_id: str, who: str, course_id: int):

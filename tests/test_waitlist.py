@@ -19,7 +19,7 @@ from conftest import (
     wait_for,
 )
 
-from booking.check import check_invariants
+from booking.ops.check import check_invariants
 
 PROMOTION_NOTES = """
 SELECT resident_id, payload->>'booking_id' AS booking_id FROM outbox

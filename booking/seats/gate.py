@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from booking.batching import MicroBatcher
-from booking.observability import GRAB_BATCH_SIZE
-from booking.scripts import load_script, run_many
+from booking.core.batching import MicroBatcher
+from booking.core.observability import GRAB_BATCH_SIZE
+from booking.seats.scripts import load_script, run_many
 
 
 def course_keys(course_id: int) -> tuple[str, str, str, str]:

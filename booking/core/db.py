@@ -12,7 +12,7 @@ STATEMENT_TIMEOUT_MS = 5_000
 
 def schema_sql() -> str:
     """schema.sql from the repository (editable install) or from the installed package."""
-    beside_repo = Path(__file__).resolve().parent.parent / "schema.sql"
+    beside_repo = Path(__file__).resolve().parent.parent.parent / "schema.sql"
     if beside_repo.exists():
         return beside_repo.read_text()
     return resources.files("booking").joinpath("schema.sql").read_text()

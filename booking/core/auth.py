@@ -13,8 +13,8 @@ import jwt
 import msgspec
 from litestar import Request
 
-from booking.errors import ApiError
-from booking.fields import NO_NUL
+from booking.core.errors import ApiError
+from booking.core.fields import NO_NUL
 
 Role = Literal["resident", "venue", "operator"]
 ROLES: tuple[str, ...] = ("resident", "venue", "operator")

@@ -28,9 +28,9 @@ import httpx
 import msgspec
 from prometheus_client import Counter
 
-from booking.observability import STORE_ERRORS
+from booking.core.observability import STORE_ERRORS
 
-log = logging.getLogger("booking.outbox")
+log = logging.getLogger("booking.ledger.outbox")
 
 SENT = Counter("booking_outbox_sent_total", "Outbox notifications marked sent")
 FAILURES = Counter("booking_outbox_failures_total", "Failed outbox delivery attempts")

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from booking.auth import mint
+from booking.core.auth import mint
 
 DISTRICTS = ["Dongcheng", "Xicheng", "Chaoyang", "Haidian", "Fengtai", "Shijingshan"]
 CATEGORIES = ["calligraphy", "technology", "music", "culture", "art", "fitness"]

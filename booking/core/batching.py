@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-log = logging.getLogger("booking.batching")
+log = logging.getLogger("booking.core.batching")
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

@@ -12,8 +12,8 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
 from redis.exceptions import RedisError
 
-from booking.fields import NO_NUL
-from booking.observability import STORE_ERRORS
+from booking.core.fields import NO_NUL
+from booking.core.observability import STORE_ERRORS
 
 log = logging.getLogger("booking")
 

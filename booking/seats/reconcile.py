@@ -9,18 +9,13 @@ grab committed in between is never mistaken for a stale one (see sync.lua).
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass
 
 import asyncpg
 
-from booking.holds import expire_due_holds
-from booking.observability import RECONCILER_SEATS
-from booking.promotions import promote_waiting
+from booking.core.observability import RECONCILER_SEATS
 from booking.seats import CourseGateState, SeatGate, SyncResult
-
-log = logging.getLogger("booking.reconcile")
 
 COURSE_STATE = """
 SELECT capacity, status, (extract(epoch FROM sales_open_at) * 1000)::bigint AS opens_at_ms,
@@ -33,9 +28,6 @@ WHERE course_id = $1 AND status IN ('confirmed', 'held')
 """
 WAITING = "SELECT resident_id, id FROM waitlist WHERE course_id = $1 AND status = 'waiting'"
 ALL_COURSE_IDS = "SELECT id FROM courses ORDER BY id"
-RECONCILER_LOCK = "booking:reconciler-lock"
-FULL_ROUND_MARK = "booking:reconciler-full-round"
-FULL_ROUND_EVERY = 10  # rounds
 
 
 async def read_ledger(pool: asyncpg.Pool, course_id: int) -> CourseGateState | None:
@@ -108,46 +100,3 @@ class CourseLoader:
             return await asyncio.shield(task)
         finally:
             self._in_flight.pop(course_id, None)
-
-
-async def sweep_forever(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: float,
-                        interval_s: float) -> None:
-    """Give back seats whose grab or cancel never finished (a worker died mid-way).
-
-    Every worker runs this loop; a short Redis lock lets one of them do each round. A round
-    expires lapsed holds, looks at the courses holding stale pending marks (every tenth round
-    or so is a full one over all courses, a safety net for whatever a pending mark did not
-    cover), and hands free seats to residents waiting."""
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            if not await gate.redis.set(RECONCILER_LOCK, "1", nx=True,
-                                        px=int(interval_s * 900)):
-                continue
-            await _sweep_round(pool, gate, pending_timeout_s, interval_s)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("reconciler round failed: %s", exc)
-
-
-async def _sweep_round(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: float,
-                       interval_s: float) -> None:
-    expired = await expire_due_holds(pool, gate)
-    if expired:
-        log.info("expired %d unpaid holds", expired)
-    all_ids = [row[0] for row in await pool.fetch(ALL_COURSE_IDS)]
-    course_ids = all_ids
-    full = await gate.redis.set(FULL_ROUND_MARK, "1", nx=True,
-                                px=int(interval_s * FULL_ROUND_EVERY * 1000))
-    if not full:
-        stale_before_ms = int((time.time() - pending_timeout_s) * 1000)
-        course_ids = await gate.courses_with_stale_pending(course_ids, stale_before_ms)
-    if course_ids:
-        report = await reconcile_all(pool, gate, pending_timeout_s, course_ids)
-        if report.given_back or report.restored:
-            log.info("reconciler (%s round) gave back %d seats and restored %d on %d courses",
-                     "full" if full else "stale", report.given_back, report.restored,
-                     report.courses)
-    for course_id in await gate.courses_to_promote(all_ids):
-        await promote_waiting(pool, gate, course_id)

@@ -11,12 +11,12 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from booking.settings import ConfigError, Settings
+from booking.core.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from booking.demo import DemoTerm
+    from booking.ops.demo import DemoTerm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +124,7 @@ def stores(settings: Settings, *, quiet: bool = False) -> Iterator[Settings]:
     if settings.database_url and settings.redis_url:
         yield settings
         return
-    from booking.embedded import EmbeddedStores
+    from booking.core.embedded import EmbeddedStores
 
     if not quiet:
         print(f"Starting private Postgres and Redis under {settings.data_dir}/ ...", flush=True)
@@ -140,10 +140,10 @@ async def _prepare(settings: Settings, *, demo: bool) -> DemoTerm | None:
     """Schema (on an empty database, or to bring an older one up to date), the demo term if
     asked, and a gate rebuilt from Postgres."""
     from booking.app import open_redis
-    from booking.db import apply_schema, is_empty
-    from booking.demo import load_demo
-    from booking.reconcile import reconcile_all
+    from booking.core.db import apply_schema, is_empty
+    from booking.ops.demo import load_demo
     from booking.seats import SeatGate
+    from booking.seats.reconcile import reconcile_all
 
     pool = await _connect(settings)
     redis = open_redis(str(settings.redis_url))
@@ -168,7 +168,7 @@ def _start_crowd(settings: Settings, term: DemoTerm, residents: int) -> None:
     """The demo's crowd runs beside the server, in a thread of its own."""
     import threading
 
-    from booking.demo import run_crowd
+    from booking.ops.demo import run_crowd
 
     base = f"http://127.0.0.1:{settings.port}"
     threading.Thread(target=lambda: asyncio.run(run_crowd(base, settings.secret, term, residents)),
@@ -176,7 +176,7 @@ def _start_crowd(settings: Settings, term: DemoTerm, residents: int) -> None:
 
 
 async def _connect(settings: Settings) -> asyncpg.Pool:
-    from booking.db import create_pool
+    from booking.core.db import create_pool
 
     try:
         return await create_pool(str(settings.database_url), 2)
@@ -185,7 +185,7 @@ async def _connect(settings: Settings) -> asyncpg.Pool:
 
 
 def _print_demo(settings: Settings, term: DemoTerm) -> None:
-    from booking.auth import mint
+    from booking.core.auth import mint
 
     base = f"http://{settings.host}:{settings.port}"
     resident = mint(settings.secret, "resident", "demo-resident-1")
@@ -241,7 +241,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _db_init(_: argparse.Namespace) -> int:
-    from booking.db import apply_schema
+    from booking.core.db import apply_schema
 
     async def run(settings: Settings) -> None:
         pool = await _connect(settings)
@@ -258,7 +258,7 @@ def _db_init(_: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from booking.auth import mint
+    from booking.core.auth import mint
 
     settings = Settings.from_env()
     if args.role == "operator":
@@ -281,8 +281,8 @@ def _token(args: argparse.Namespace) -> int:
 
 def _reconcile(_: argparse.Namespace) -> int:
     from booking.app import open_redis
-    from booking.reconcile import reconcile_all
     from booking.seats import SeatGate
+    from booking.seats.reconcile import reconcile_all
 
     async def run(settings: Settings) -> None:
         pool = await _connect(settings)
@@ -304,7 +304,7 @@ def _release(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from booking.release import publish_release
+    from booking.ops.rehearsal import publish_release
 
     if not (1 <= args.courses <= 100_000 and 1 <= args.seats <= 10_000):
         raise ConfigError("--courses must be 1-100000 and --seats 1-10000.")
@@ -327,7 +327,7 @@ def _check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from booking.app import open_redis
-    from booking.check import check_invariants, read_received
+    from booking.ops.check import check_invariants, read_received
 
     paths = [Path(p) for p in args.received]
     missing = [str(p) for p in paths if not p.exists()]
@@ -395,6 +395,6 @@ async def _price_of(settings: Settings, booking_id: str) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from booking.bench import run
+    from booking.ops.bench import run
 
     return run(args)

@@ -8,7 +8,7 @@ import uuid
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from booking.observability import REQUEST_SECONDS, request_id_var
+from booking.core.observability import REQUEST_SECONDS, request_id_var
 
 REQUEST_ID = b"x-request-id"
 _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")

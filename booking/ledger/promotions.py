@@ -13,11 +13,11 @@ import logging
 
 import asyncpg
 
-from booking.observability import PROMOTIONS
-from booking.outbox import add_notification
+from booking.core.observability import PROMOTIONS
+from booking.ledger.outbox import add_notification
 from booking.seats import Promotion, SeatGate
 
-log = logging.getLogger("booking.promotions")
+log = logging.getLogger("booking.ledger.promotions")
 
 PROMOTE = """
 WITH place AS (

@@ -25,10 +25,10 @@ from pathlib import Path
 import httpx
 import psutil
 
-from booking.auth import mint
-from booking.check import CheckReport, check_invariants, read_received
-from booking.release import Release, publish_release
-from booking.settings import ConfigError, Settings
+from booking.core.auth import mint
+from booking.core.settings import ConfigError, Settings
+from booking.ops.check import CheckReport, check_invariants, read_received
+from booking.ops.rehearsal import Release, publish_release
 
 OPENING_LEAD_S = 3.0
 HOT_SHARE = 0.9
@@ -36,7 +36,7 @@ CHOICES = 5
 
 
 def run(args: argparse.Namespace) -> int:
-    from booking.cli import stores
+    from booking.ops.cli import stores
 
     if shutil.which("wrk") is None:
         raise ConfigError("booking bench needs wrk: apt-get install wrk.")
@@ -106,7 +106,7 @@ def _rush(settings: Settings, args: argparse.Namespace, server: subprocess.Popen
            "BENCH_THREADS": str(args.threads), "BENCH_OUT": str(work / "wrk"),
            "BENCH_FLOOD": str(args.flood)}
     script = work / "bench_rush.lua"
-    script.write_text(resources.files("booking").joinpath("bench_rush.lua").read_text())
+    script.write_text(resources.files("booking.ops").joinpath("bench_rush.lua").read_text())
     service = _service_processes(server)
     stores_before = _stores_cpu()
     server_before = _cpu(service)
@@ -193,7 +193,7 @@ def _read_counts(work: Path, threads: int) -> Counter[str]:
 async def _verify(settings: Settings, release: Release, received: set[str],
                   opens_at: float) -> tuple[CheckReport, float | None]:
     from booking.app import open_redis
-    from booking.db import create_pool
+    from booking.core.db import create_pool
 
     pool = await create_pool(str(settings.database_url), 2)
     redis = open_redis(str(settings.redis_url))

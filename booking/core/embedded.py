@@ -17,7 +17,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-log = logging.getLogger("booking.embedded")
+log = logging.getLogger("booking.core.embedded")
 
 
 class EmbeddedStores:

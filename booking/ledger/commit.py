@@ -16,11 +16,11 @@ from datetime import datetime
 
 import asyncpg
 
-from booking.batching import MicroBatcher
-from booking.observability import COMMIT_BATCH_ROWS
+from booking.core.batching import MicroBatcher
+from booking.core.observability import COMMIT_BATCH_ROWS
 from booking.seats import SeatGate
 
-log = logging.getLogger("booking.ledger")
+log = logging.getLogger("booking.ledger.commit")
 
 INSERT_MANY = """
 INSERT INTO bookings (id, course_id, resident_id, created_at, status, expires_at)

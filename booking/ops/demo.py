@@ -85,7 +85,7 @@ async def run_crowd(base_url: str, secret: str, term: DemoTerm, residents: int) 
 
     import httpx
 
-    from booking.auth import mint
+    from booking.core.auth import mint
 
     rng = random.Random(7)
     # httpx slows down sharply with hundreds of pooled connections; a few dozen keep it quick.

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from booking.batching import MicroBatcher
-from booking.scripts import load_script, run_many
+from booking.core.batching import MicroBatcher
+from booking.seats.scripts import load_script, run_many
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +24,7 @@ class Limit:
 class RateLimiter:
     def __init__(self, redis: Redis, per_resident: Limit, per_address: Limit) -> None:
         self._redis = redis
-        self._script = load_script(redis, "booking", "ratelimit")
+        self._script = load_script(redis, "booking.seats", "ratelimit")
         self._limits = [(prefix, limit.requests, int(limit.window_s * 1000))
                         for prefix, limit in (("r", per_resident), ("a", per_address))
                         if limit.requests]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from booking.observability import HOLDS_EXPIRED
-from booking.promotions import free_seat
+from booking.core.observability import HOLDS_EXPIRED
+from booking.ledger.promotions import free_seat
 from booking.seats import SeatGate
 
 DUE_HOLDS = """
