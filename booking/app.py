@@ -10,7 +10,6 @@ import msgspec
 from litestar import Litestar, Request, Response, get
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from redis.asyncio import ConnectionPool, Redis
 
 from booking import bookings, courses, payments, venues, waitlist
 from booking.context import Services, services
@@ -21,6 +20,7 @@ from booking.core.middleware import observe
 from booking.core.observability import configure_logging, metrics_text, seats_left_text
 from booking.core.readcache import ReadCache
 from booking.core.settings import ConfigError, Settings
+from booking.core.stores import open_redis
 from booking.ledger.commit import BookingLedger
 from booking.ledger.outbox import dispatch_forever
 from booking.lifecycle.sweeper import sweep_forever
@@ -68,14 +68,6 @@ async def metrics(request: Request) -> bytes:
     left = await s.gate.seats_left(ids)
     seats = {cid: n for cid, n in zip(ids, left, strict=True) if n is not None}
     return metrics_text(seats_left_text(seats))
-
-
-def open_redis(url: str, max_connections: int = 1024) -> Redis:
-    """A Redis client for one process. The plain pool is a fifth cheaper per call than the
-    blocking one; past `max_connections` concurrent calls a request fails with 503."""
-    pool = ConnectionPool.from_url(url, decode_responses=True, max_connections=max_connections,
-                                   socket_timeout=5, socket_connect_timeout=5)
-    return Redis.from_pool(pool)
 
 
 @contextlib.asynccontextmanager

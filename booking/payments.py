@@ -10,8 +10,6 @@ resurrect or double anything: it is recorded as `refund_due` and listed for oper
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import uuid
 from datetime import datetime
 from typing import Annotated, Literal
@@ -24,8 +22,7 @@ from booking.context import services
 from booking.core.errors import ApiError, answer, documented, not_found, secured
 from booking.core.fields import NO_NUL
 from booking.core.observability import PAYMENTS
-
-SIGNATURE_HEADER = "X-Booking-Signature"
+from booking.core.signing import SIGNATURE_HEADER, signature_ok
 
 
 class PaymentCallback(msgspec.Struct):
@@ -70,18 +67,6 @@ REFUNDS_DUE = """
 SELECT provider_ref, booking_id::text AS booking_id, amount_cents, received_at FROM payments
 WHERE outcome = 'refund_due' ORDER BY received_at LIMIT 1000
 """
-
-
-def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
-    if not header or not header.startswith("sha256="):
-        return False
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header.removeprefix("sha256=").strip().lower())
-
-
-def sign(secret: str, body: bytes) -> str:
-    """The header value a provider sends with `body` (for `booking pay` and tests)."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 @post("/v1/payments/callback", operation_id="paymentCallback", tags=["payments"],

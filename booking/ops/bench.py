@@ -27,6 +27,7 @@ import psutil
 
 from booking.core.auth import mint
 from booking.core.settings import ConfigError, Settings
+from booking.core.stores import running
 from booking.ops.check import CheckReport, check_invariants, read_received
 from booking.ops.rehearsal import Release, publish_release
 
@@ -36,8 +37,6 @@ CHOICES = 5
 
 
 def run(args: argparse.Namespace) -> int:
-    from booking.ops.cli import stores
-
     if shutil.which("wrk") is None:
         raise ConfigError("booking bench needs wrk: apt-get install wrk.")
     if not 0 <= args.flood <= 0.9:
@@ -51,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         bench_dir = settings.data_dir / "bench"
         shutil.rmtree(bench_dir, ignore_errors=True)  # a fresh ledger for every bench run
         settings = Settings.from_env({**os.environ, "BOOKING_DATA_DIR": str(bench_dir)})
-    with stores(settings) as ready, tempfile.TemporaryDirectory(prefix="bench-") as work:
+    with running(settings) as ready, tempfile.TemporaryDirectory(prefix="bench-") as work:
         server = _start_server(ready, args, Path(work))
         try:
             figures = _rush(ready, args, server, Path(work))
@@ -192,8 +191,8 @@ def _read_counts(work: Path, threads: int) -> Counter[str]:
 
 async def _verify(settings: Settings, release: Release, received: set[str],
                   opens_at: float) -> tuple[CheckReport, float | None]:
-    from booking.app import open_redis
     from booking.core.db import create_pool
+    from booking.core.stores import open_redis
 
     pool = await create_pool(str(settings.database_url), 2)
     redis = open_redis(str(settings.redis_url))

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from booking.core.settings import ConfigError, Settings
+from booking.core.stores import open_pool, running
 
 if TYPE_CHECKING:
-    import asyncpg
 
     from booking.ops.demo import DemoTerm
 
@@ -118,34 +116,16 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop the rush after this long (default 300)")
 
 
-@contextlib.contextmanager
-def stores(settings: Settings, *, quiet: bool = False) -> Iterator[Settings]:
-    """The given stores, or private embedded ones when DATABASE_URL / REDIS_URL are unset."""
-    if settings.database_url and settings.redis_url:
-        yield settings
-        return
-    from booking.core.embedded import EmbeddedStores
-
-    if not quiet:
-        print(f"Starting private Postgres and Redis under {settings.data_dir}/ ...", flush=True)
-    with EmbeddedStores(settings.data_dir) as embedded:
-        if not quiet:
-            print(f"  DATABASE_URL={settings.database_url or embedded.database_url}")
-            print(f"  REDIS_URL={settings.redis_url or embedded.redis_url}", flush=True)
-        yield settings.with_urls(settings.database_url or embedded.database_url,
-                                 settings.redis_url or embedded.redis_url)
-
-
 async def _prepare(settings: Settings, *, demo: bool) -> DemoTerm | None:
     """Schema (on an empty database, or to bring an older one up to date), the demo term if
     asked, and a gate rebuilt from Postgres."""
-    from booking.app import open_redis
     from booking.core.db import apply_schema, is_empty
+    from booking.core.stores import open_redis
     from booking.ops.demo import load_demo
     from booking.seats import SeatGate
     from booking.seats.reconcile import reconcile_all
 
-    pool = await _connect(settings)
+    pool = await open_pool(settings)
     redis = open_redis(str(settings.redis_url))
     try:
         async with pool.acquire() as conn:
@@ -173,15 +153,6 @@ def _start_crowd(settings: Settings, term: DemoTerm, residents: int) -> None:
     base = f"http://127.0.0.1:{settings.port}"
     threading.Thread(target=lambda: asyncio.run(run_crowd(base, settings.secret, term, residents)),
                      name="demo-crowd", daemon=True).start()
-
-
-async def _connect(settings: Settings) -> asyncpg.Pool:
-    from booking.core.db import create_pool
-
-    try:
-        return await create_pool(str(settings.database_url), 2)
-    except (OSError, ConnectionError) as exc:
-        raise ConfigError(f"Postgres at DATABASE_URL does not answer: {exc}.") from exc
 
 
 def _print_demo(settings: Settings, term: DemoTerm) -> None:
@@ -223,7 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
                  "BOOKING_WORKERS": args.workers}
     env = {**os.environ, **{k: str(v) for k, v in overrides.items() if v is not None}}
     settings = Settings.from_env(env)
-    with stores(settings) as ready:
+    with running(settings) as ready:
         term = asyncio.run(_prepare(ready, demo=args.demo))
         if term is not None and term.loaded and args.crowd > 0:
             _start_crowd(ready, term, args.crowd)
@@ -244,14 +215,14 @@ def _db_init(_: argparse.Namespace) -> int:
     from booking.core.db import apply_schema
 
     async def run(settings: Settings) -> None:
-        pool = await _connect(settings)
+        pool = await open_pool(settings)
         try:
             async with pool.acquire() as conn:
                 await apply_schema(conn)
         finally:
             await pool.close()
 
-    with stores(Settings.from_env()) as ready:
+    with running(Settings.from_env()) as ready:
         asyncio.run(run(ready))
     print("Schema applied.")
     return 0
@@ -280,12 +251,12 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _reconcile(_: argparse.Namespace) -> int:
-    from booking.app import open_redis
+    from booking.core.stores import open_redis
     from booking.seats import SeatGate
     from booking.seats.reconcile import reconcile_all
 
     async def run(settings: Settings) -> None:
-        pool = await _connect(settings)
+        pool = await open_pool(settings)
         redis = open_redis(str(settings.redis_url))
         try:
             report = await reconcile_all(pool, SeatGate(redis), settings.pending_timeout_s)
@@ -295,7 +266,7 @@ def _reconcile(_: argparse.Namespace) -> int:
         print(f"Reconciled {report.courses} courses: {report.restored} bookings restored, "
               f"{report.given_back} seats given back.")
 
-    with stores(Settings.from_env()) as ready:
+    with running(Settings.from_env()) as ready:
         asyncio.run(run(ready))
     return 0
 
@@ -326,7 +297,7 @@ def _release(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from booking.app import open_redis
+    from booking.core.stores import open_redis
     from booking.ops.check import check_invariants, read_received
 
     paths = [Path(p) for p in args.received]
@@ -336,7 +307,7 @@ def _check(args: argparse.Namespace) -> int:
     received = read_received(paths) if paths else None
 
     async def run(settings: Settings) -> bool:
-        pool = await _connect(settings)
+        pool = await open_pool(settings)
         redis = open_redis(str(settings.redis_url))
         try:
             report = await check_invariants(pool, redis, received)
@@ -346,7 +317,7 @@ def _check(args: argparse.Namespace) -> int:
         print(report.summary())
         return report.ok
 
-    with stores(Settings.from_env(), quiet=True) as ready:
+    with running(Settings.from_env(), quiet=True) as ready:
         return 0 if asyncio.run(run(ready)) else 1
 
 
@@ -357,7 +328,7 @@ def _pay(args: argparse.Namespace) -> int:
     import httpx
     import msgspec
 
-    from booking.payments import SIGNATURE_HEADER, sign
+    from booking.core.signing import signed_headers
 
     try:
         booking_id = str(uuid.UUID(args.booking_id))
@@ -366,15 +337,14 @@ def _pay(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     amount = args.amount
     if amount is None:
-        with stores(settings, quiet=True) as ready:
+        with running(settings, quiet=True) as ready:
             amount = asyncio.run(_price_of(ready, booking_id))
     body = msgspec.json.encode({"provider_ref": args.ref or f"demo-{secrets.token_hex(8)}",
                                 "booking_id": booking_id, "amount_cents": amount,
                                 "status": "paid"})
     try:
         answer = httpx.post(f"{args.url}/v1/payments/callback", content=body, timeout=10,
-                            headers={SIGNATURE_HEADER: sign(settings.payment_secret, body),
-                                     "Content-Type": "application/json"})
+                            headers=signed_headers(settings.payment_secret, body))
     except httpx.HTTPError as exc:
         raise ConfigError(f"the service at {args.url} did not answer: {exc}.") from exc
     print(f"{answer.status_code} {answer.text}")
@@ -382,7 +352,7 @@ def _pay(args: argparse.Namespace) -> int:
 
 
 async def _price_of(settings: Settings, booking_id: str) -> int:
-    pool = await _connect(settings)
+    pool = await open_pool(settings)
     try:
         price = await pool.fetchval(
             "SELECT c.price_cents FROM bookings b JOIN courses c ON c.id = b.course_id "
