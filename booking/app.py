@@ -21,7 +21,7 @@ from booking.core.observability import configure_logging, metrics_text, seats_le
 from booking.core.readcache import ReadCache
 from booking.core.settings import ConfigError, Settings
 from booking.core.stores import open_redis
-from booking.ledger.commit import BookingLedger
+from booking.ledger.commit import DEFAULT_DEADLINE_S, BookingLedger
 from booking.ledger.outbox import dispatch_forever
 from booking.lifecycle.sweeper import sweep_forever
 from booking.seats import SeatGate
@@ -82,7 +82,7 @@ async def _stores(app: Litestar, settings: Settings) -> AsyncIterator[None]:
                              int(min(STATEMENT_TIMEOUT_MS, write_budget_s * 1000)))
     redis = open_redis(settings.redis_url)
     gate = SeatGate(redis)
-    ledger = BookingLedger(pool, gate, deadline_s=min(10.0, write_budget_s))
+    ledger = BookingLedger(pool, gate, deadline_s=min(DEFAULT_DEADLINE_S, write_budget_s))
     app.state.services = Services(
         settings=settings, pool=pool, gate=gate, ledger=ledger,
         loader=CourseLoader(pool, gate, settings.pending_timeout_s),

@@ -22,6 +22,10 @@ from booking.seats import SeatGate
 
 log = logging.getLogger("booking.ledger.commit")
 
+# How long a grab may wait for its row to be committed, queue and statement together, unless
+# the app sets less (it does: a quarter of the pending timeout, see booking/app.py).
+DEFAULT_DEADLINE_S = 10.0
+
 INSERT_MANY = """
 INSERT INTO bookings (id, course_id, resident_id, created_at, status, expires_at)
 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[], $5::text[],
@@ -59,7 +63,7 @@ class NewBooking:
 
 class BookingLedger:
     def __init__(self, pool: asyncpg.Pool, gate: SeatGate, *, flushers: int = 3,
-                 max_batch: int = 1000, deadline_s: float = 10.0) -> None:
+                 max_batch: int = 1000, deadline_s: float = DEFAULT_DEADLINE_S) -> None:
         self._pool = pool
         self._gate = gate
         self._deadline_s = deadline_s
