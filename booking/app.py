@@ -1,109 +1,107 @@
-"""The Litestar application: routes, error handling, and the lifespan that opens the stores."""
+"""The Litestar application: routes, dependencies, error handling, and the lifespan that opens
+the stores and builds what the handlers receive.
+
+Handlers declare what they need by name (`pool`, `redis`, `seats`, `ledger`, `limiter`,
+`reads`, `settings`, and `principal` on protected routes); the lifespan keeps one of each on
+`app.state` and `Provide` hands them out. Tests give `create_app` ready-made stores.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
-import msgspec
-from litestar import Litestar, Request, Response, get
+import asyncpg
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from redis.asyncio import Redis
 
-from booking import bookings, courses, payments, venues, waitlist
-from booking.context import Services, services
-from booking.core.auth import Authenticator
-from booking.core.db import STATEMENT_TIMEOUT_MS, create_pool
-from booking.core.errors import EXCEPTION_HANDLERS, documented
+from booking import bookings, courses, payments, probes, venues, waitlist
+from booking.core.auth import TokenVerifier, provide_principal
+from booking.core.db import STATEMENT_TIMEOUT_MS
+from booking.core.errors import EXCEPTION_HANDLERS
 from booking.core.middleware import observe
-from booking.core.observability import configure_logging, metrics_text, seats_left_text
+from booking.core.observability import configure_logging
 from booking.core.readcache import ReadCache
 from booking.core.settings import ConfigError, Settings
-from booking.core.stores import open_redis
+from booking.core.stores import open_pool, open_redis
 from booking.ledger.commit import DEFAULT_DEADLINE_S, BookingLedger
 from booking.ledger.outbox import dispatch_forever
 from booking.lifecycle.sweeper import sweep_forever
 from booking.seats import SeatGate
 from booking.seats.ratelimit import Limit, RateLimiter
 from booking.seats.reconcile import CourseLoader
+from booking.seats.seating import Seats
 
 MAX_BODY_BYTES = 64 * 1024
+# What handlers may ask for by name, each kept on app.state by the lifespan.
+PROVIDED = ("settings", "pool", "redis", "seats", "ledger", "limiter", "reads")
 
 
-class Health(msgspec.Struct):
-    status: str
+def _from_state(name: str) -> Provide:
+    def provide(state: State) -> Any:
+        return state[name]
 
-
-@get("/health", operation_id="health", tags=["ops"])
-async def health() -> Health:
-    """The process is alive."""
-    return Health("ok")
-
-
-@get("/ready", operation_id="ready", tags=["ops"], responses=documented(503))
-async def ready(request: Request) -> Response[dict[str, str]]:
-    """Redis and Postgres both answer."""
-    s = services(request)
-    try:
-        async with asyncio.timeout(2):
-            await s.gate.redis.ping()
-            await s.pool.fetchval("SELECT 1")
-    except Exception as exc:
-        body = {"code": "unavailable", "detail": f"A store does not answer: {type(exc).__name__}."}
-        return Response(body, status_code=503)
-    return Response({"status": "ready"})
-
-
-OPEN_COURSES = "SELECT id FROM courses WHERE status = 'published' AND starts_at > now() ORDER BY id"
-
-
-@get("/metrics", operation_id="metrics", tags=["ops"], media_type="text/plain; version=0.0.4",
-     responses=documented(503))
-async def metrics(request: Request) -> bytes:
-    """Prometheus metrics of every worker, and live seats left of the published courses."""
-    s = services(request)
-    rows = await s.reads.get("open-courses", lambda: s.pool.fetch(OPEN_COURSES))
-    ids = [row["id"] for row in rows]
-    left = await s.gate.seats_left(ids)
-    seats = {cid: n for cid, n in zip(ids, left, strict=True) if n is not None}
-    return metrics_text(seats_left_text(seats))
+    return Provide(provide, sync_to_thread=False)
 
 
 @contextlib.asynccontextmanager
-async def _stores(app: Litestar, settings: Settings) -> AsyncIterator[None]:
+async def _opened(settings: Settings, pool: asyncpg.Pool | None,
+                  redis: Redis | None) -> AsyncIterator[tuple[asyncpg.Pool, Redis]]:
+    """The stores given, or new ones from the settings (closed again on the way out)."""
+    if pool is not None and redis is not None:
+        yield pool, redis
+        return
     if not settings.database_url or not settings.redis_url:
         raise ConfigError("DATABASE_URL and REDIS_URL must be set for the app; "
                           "`booking serve` sets them for you.")
     # A write must be over, one way or the other, well before the reconciler may judge its
     # seat stale: queueing and the statement each get at most a quarter of the pending timeout.
-    write_budget_s = settings.pending_timeout_s / 4
-    pool = await create_pool(settings.database_url, settings.db_pool_size,
-                             int(min(STATEMENT_TIMEOUT_MS, write_budget_s * 1000)))
-    redis = open_redis(settings.redis_url)
-    gate = SeatGate(redis)
-    ledger = BookingLedger(pool, gate, deadline_s=min(DEFAULT_DEADLINE_S, write_budget_s))
-    app.state.services = Services(
-        settings=settings, pool=pool, gate=gate, ledger=ledger,
-        loader=CourseLoader(pool, gate, settings.pending_timeout_s),
-        auth=Authenticator(settings.secret), reads=ReadCache(),
-        limiter=RateLimiter(redis, Limit(*settings.rate_per_resident),
-                            Limit(*settings.rate_per_address)))
-    sweeper = asyncio.create_task(sweep_forever(pool, gate, settings.pending_timeout_s,
-                                                settings.reconcile_interval_s))
-    dispatcher = asyncio.create_task(dispatch_forever(pool, settings.webhook_url))
+    budget_ms = int(min(STATEMENT_TIMEOUT_MS, settings.pending_timeout_s / 4 * 1000))
+    own_pool = await open_pool(settings, settings.db_pool_size, budget_ms)
+    own_redis = open_redis(settings.redis_url)
     try:
-        yield
+        yield own_pool, own_redis
     finally:
-        for task in (sweeper, dispatcher):  # each gives its connection back before the pool goes
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await ledger.close()
-        await gate.close()
-        await app.state.services.limiter.close()
-        await redis.aclose()
-        await pool.close()
+        await own_redis.aclose()
+        await own_pool.close()
+
+
+def _lifespan(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None,
+              background: bool) -> Any:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with _opened(settings, pool, redis) as (db, cache):
+            gate = SeatGate(cache)
+            seats = Seats(gate, CourseLoader(db, gate, settings.pending_timeout_s))
+            ledger = BookingLedger(db, gate, deadline_s=min(DEFAULT_DEADLINE_S,
+                                                            settings.pending_timeout_s / 4))
+            limiter = RateLimiter(cache, Limit(*settings.rate_per_resident),
+                                  Limit(*settings.rate_per_address))
+            app.state.update(settings=settings, pool=db, redis=cache, seats=seats,
+                             ledger=ledger, limiter=limiter, reads=ReadCache(),
+                             tokens=TokenVerifier(settings.secret))
+            tasks = [asyncio.create_task(sweep_forever(db, gate, settings.pending_timeout_s,
+                                                       settings.reconcile_interval_s)),
+                     asyncio.create_task(dispatch_forever(db, settings.webhook_url))
+                     ] if background else []
+            try:
+                yield
+            finally:
+                for task in tasks:  # each gives its connection back before the pool goes
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                await ledger.close()
+                await gate.close()
+                await limiter.close()
+
+    return lifespan
 
 
 def _document_strict_bodies(app: Litestar) -> None:
@@ -116,8 +114,11 @@ def _document_strict_bodies(app: Litestar) -> None:
             schema.additional_properties = False
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    """The ASGI app; settings come from the environment unless given (tests give them)."""
+def create_app(settings: Settings | None = None, *, pool: asyncpg.Pool | None = None,
+               redis: Redis | None = None, background: bool = True) -> Litestar:
+    """The ASGI app. Settings come from the environment unless given; given `pool` and
+    `redis` are used (and left open) instead of opening stores; `background=False` leaves the
+    sweeper and the outbox dispatcher off (tests that drive those themselves)."""
     settings = settings or Settings.from_env()
     configure_logging()
     openapi = OpenAPIConfig(
@@ -127,9 +128,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}),
     )
     app = Litestar(
-        route_handlers=[health, ready, metrics, *venues.HANDLERS, *courses.HANDLERS,
+        route_handlers=[*probes.HANDLERS, *venues.HANDLERS, *courses.HANDLERS,
                         *bookings.HANDLERS, *waitlist.HANDLERS, *payments.HANDLERS],
-        lifespan=[lambda app: _stores(app, settings)],
+        dependencies={**{name: _from_state(name) for name in PROVIDED},
+                      "principal": Provide(provide_principal, sync_to_thread=False)},
+        lifespan=[_lifespan(settings, pool, redis, background)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=openapi,
         request_max_body_size=MAX_BODY_BYTES,

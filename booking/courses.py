@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
 from litestar import Request, get, patch, post
 from litestar.params import Parameter
 
-from booking.context import Services, services
-from booking.core.auth import Principal
-from booking.core.errors import ApiError, documented, forbidden, not_found, secured
+from booking.core.auth import Principal, check_owner, requires
+from booking.core.errors import ApiError, Conflict, Forbidden, Invalid, NotFound, documented
 from booking.core.fields import MAX_ID, NO_NUL
+from booking.core.readcache import ReadCache
 from booking.ledger.outbox import add_notification
 from booking.ledger.promotions import promote_waiting
+from booking.seats.seating import COURSE_CANCELLED, Seats
 
 MAX_CAPACITY = 10_000
 MAX_PRICE_CENTS = 10_000_000
@@ -108,13 +109,12 @@ PATCHABLE = ("title", "category", "teacher", "description", "starts_at", "ends_a
 LIST_FILTERS = {"venue_id", "district", "category", "available", "limit", "offset"}
 
 # Constraint violations that are the caller's doing, as the answer they get.
-CONSTRAINT_ERRORS = {
-    "courses_not_oversold": (409, "capacity_below_bookings",
-                             "Capacity cannot go below the number of active bookings."),
-    "courses_ends_after_start": (400, "invalid", "ends_at must be after starts_at."),
-    "courses_sales_open_before_start": (400, "invalid",
-                                        "sales_open_at must not be after starts_at."),
-    "courses_venue_id_fkey": (404, "not_found", "No venue with that id."),
+CONSTRAINT_ERRORS: dict[str, ApiError] = {
+    "courses_not_oversold": Conflict("Capacity cannot go below the number of active bookings.",
+                                     code="capacity_below_bookings"),
+    "courses_ends_after_start": Invalid("ends_at must be after starts_at."),
+    "courses_sales_open_before_start": Invalid("sales_open_at must not be after starts_at."),
+    "courses_venue_id_fkey": NotFound("No venue with that id."),
 }
 
 
@@ -122,7 +122,7 @@ def constraint_error(exc: asyncpg.IntegrityConstraintViolationError) -> ApiError
     known = CONSTRAINT_ERRORS.get(getattr(exc, "constraint_name", None) or "")
     if known is None:
         raise exc
-    return ApiError(*known)
+    return known.again()
 
 
 def course_out(row: asyncpg.Record, seats_left: int | None) -> CourseOut:
@@ -130,61 +130,47 @@ def course_out(row: asyncpg.Record, seats_left: int | None) -> CourseOut:
     return CourseOut(**dict(row), seats_left=left)
 
 
-async def live_seats(s: Services, course_ids: list[int]) -> list[int | None]:
-    """Seats left from the gate, loading any course the gate does not know yet."""
-    counts = await s.gate.seats_left(course_ids)
-    for i, count in enumerate(counts):
-        if count is None:
-            loaded = await s.loader.load(course_ids[i])
-            counts[i] = None if loaded is None else max(loaded.seats_left, 0)
-    return counts
-
-
-def existing_id(course_id: int) -> int:
-    """A course id Postgres could hold; any other is simply not found."""
-    if not 1 <= course_id <= MAX_ID:
-        raise not_found("course")
-    return course_id
-
-
-async def fetch_course(s: Services, course_id: int) -> asyncpg.Record:
-    row = await s.pool.fetchrow(SELECT_COURSE, existing_id(course_id))
+async def fetch_course(pool: asyncpg.Pool, course_id: int) -> asyncpg.Record:
+    row = await pool.fetchrow(SELECT_COURSE, course_id) if 1 <= course_id <= MAX_ID else None
     if row is None:
-        raise not_found("course")
+        raise NotFound.of("course")
     return row
 
 
-def check_owner(who: Principal, venue_id: int) -> None:
-    if who.role == "venue" and who.venue_id != venue_id:
-        raise forbidden("This course belongs to another venue.")
+async def _answer(pool: asyncpg.Pool, seats: Seats, course_id: int) -> CourseOut:
+    """The course as it is now, with the gate reloaded from Postgres after a change."""
+    loaded = await seats.loader.load(course_id)
+    return course_out(await fetch_course(pool, course_id), loaded.seats_left if loaded else None)
 
 
-@post("/v1/courses", operation_id="createCourse", tags=["courses"], **secured(404, 413))
-async def create_course(request: Request, data: CourseIn) -> CourseOut:
+@post("/v1/courses", operation_id="createCourse", tags=["courses"],
+      **requires("venue", "operator", errors=(404, 413)))
+async def create_course(data: CourseIn, principal: Principal, pool: asyncpg.Pool, seats: Seats,
+                        reads: ReadCache) -> CourseOut:
     """Publish a course. A venue publishes for itself; an operator names the venue_id."""
-    s = services(request)
-    who = s.auth.require(request, "venue", "operator")
-    venue_id = who.venue_id if who.role == "venue" else data.venue_id
+    venue_id = principal.venue_id if principal.role == "venue" else data.venue_id
     if venue_id is None:
-        raise ApiError(400, "invalid", "An operator must give venue_id.")
-    if who.role == "venue" and data.venue_id not in (None, who.venue_id):
-        raise forbidden("A venue can publish courses only for itself.")
+        raise Invalid("An operator must give venue_id.")
+    if principal.role == "venue" and data.venue_id not in (None, principal.venue_id):
+        raise Forbidden("A venue can publish courses only for itself.")
     try:
-        course_id = await s.pool.fetchval(
+        course_id = await pool.fetchval(
             INSERT_COURSE, venue_id, data.title, data.category, data.teacher, data.description,
             data.starts_at, data.ends_at, data.capacity, data.price_cents, data.sales_open_at,
             data.hold_minutes, data.cancel_deadline)
     except asyncpg.IntegrityConstraintViolationError as exc:
         raise constraint_error(exc) from exc
-    s.reads.clear()
-    loaded = await s.loader.load(course_id)
-    return course_out(await fetch_course(s, course_id), loaded.seats_left if loaded else None)
+    reads.clear()
+    return await _answer(pool, seats, course_id)
 
 
 @get("/v1/courses", operation_id="listCourses", tags=["courses"],
      responses=documented(400, 503))
 async def list_courses(
     request: Request,
+    pool: asyncpg.Pool,
+    seats: Seats,
+    reads: ReadCache,
     venue_id: Annotated[int | None, Parameter(ge=1, le=MAX_ID)] = None,
     district: Annotated[str | None, Parameter(max_length=100, pattern=NO_NUL)] = None,
     category: Annotated[str | None, Parameter(max_length=60, pattern=NO_NUL)] = None,
@@ -195,8 +181,7 @@ async def list_courses(
     """Courses with live seats_left, soonest first; `available=true` keeps those with seats."""
     unknown = set(request.query_params) - LIST_FILTERS
     if unknown:
-        raise ApiError(400, "invalid", f"Unknown query parameter: {', '.join(sorted(unknown))}.")
-    s = services(request)
+        raise Invalid(f"Unknown query parameter: {', '.join(sorted(unknown))}.")
     where, args = ["TRUE"], []
     for column, value in (("c.venue_id", venue_id), ("v.district", district),
                           ("c.category", category)):
@@ -211,56 +196,59 @@ async def list_courses(
     sql = (f"SELECT {COLUMNS} FROM courses c JOIN venues v ON v.id = c.venue_id "
            f"WHERE {' AND '.join(where)} ORDER BY c.starts_at, c.id "
            f"LIMIT ${len(args) - 1} OFFSET ${len(args)}")
-    rows = await s.reads.get((sql, *args), lambda: s.pool.fetch(sql, *args))
+    rows = await reads.get((sql, *args), lambda: pool.fetch(sql, *args))
     more = len(rows) > limit
     rows = rows[:limit]
-    counts = await live_seats(s, [row["id"] for row in rows])
+    counts = await seats.seats_left([row["id"] for row in rows])
     items = [course_out(row, count) for row, count in zip(rows, counts, strict=True)]
     return CoursePage(items=items, next_offset=offset + limit if more else None)
 
 
 @get("/v1/courses/{course_id:int}", operation_id="getCourse", tags=["courses"],
      responses=documented(400, 404, 503))
-async def get_course(request: Request, course_id: CourseId) -> CourseOut:
+async def get_course(course_id: CourseId, pool: asyncpg.Pool, seats: Seats,
+                     reads: ReadCache) -> CourseOut:
     """One course with its live seats_left."""
-    s = services(request)
-    row = await s.reads.get(("course", existing_id(course_id)), lambda: fetch_course(s, course_id))
-    (count,) = await live_seats(s, [course_id])
+    row = await reads.get(("course", course_id), lambda: fetch_course(pool, course_id))
+    (count,) = await seats.seats_left([course_id])
     return course_out(row, count)
 
 
 @patch("/v1/courses/{course_id:int}", operation_id="updateCourse", tags=["courses"],
-       **secured(404, 409, 413))
-async def update_course(request: Request, course_id: CourseId,
-                        data: CoursePatch) -> CourseOut:
+       **requires("venue", "operator", errors=(404, 409, 413)))
+async def update_course(course_id: CourseId, data: CoursePatch, principal: Principal,
+                        pool: asyncpg.Pool, seats: Seats, reads: ReadCache) -> CourseOut:
     """Change a course: capacity (never below active bookings), times, texts, or cancel it."""
-    s = services(request)
-    who = s.auth.require(request, "venue", "operator")
     changes = {name: getattr(data, name) for name in PATCHABLE
                if getattr(data, name) is not msgspec.UNSET}
-    async with s.pool.acquire() as conn, conn.transaction():
+    if not 1 <= course_id <= MAX_ID:
+        raise NotFound.of("course")
+    async with pool.acquire() as conn, conn.transaction():
         current = await conn.fetchrow(
-            "SELECT venue_id, status FROM courses WHERE id = $1 FOR UPDATE", existing_id(course_id))
+            "SELECT venue_id, status FROM courses WHERE id = $1 FOR UPDATE", course_id)
         if current is None:
-            raise not_found("course")
-        check_owner(who, current["venue_id"])
+            raise NotFound.of("course")
+        check_owner(principal, current["venue_id"])
         if current["status"] == "cancelled" and changes:
-            raise ApiError(409, "course_cancelled", "This course is cancelled.")
+            raise COURSE_CANCELLED.again()
         if changes:
-            sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=2))
-            try:
-                await conn.execute(f"UPDATE courses SET {sets}, updated_at = now() WHERE id = $1",
-                                   course_id, *changes.values())
-            except asyncpg.IntegrityConstraintViolationError as exc:
-                raise constraint_error(exc) from exc
-            if changes.get("status") == "cancelled":
-                await cancel_everyone(conn, course_id)
-    s.reads.clear()
-    loaded = await s.loader.load(course_id)
+            await _apply(conn, course_id, changes)
+    reads.clear()
+    loaded = await seats.loader.load(course_id)
     if loaded is not None and loaded.seats_left > 0:  # more seats: the waitlist comes first
-        await promote_waiting(s.pool, s.gate, course_id)
-        loaded = await s.loader.load(course_id)
-    return course_out(await fetch_course(s, course_id), loaded.seats_left if loaded else None)
+        await promote_waiting(pool, seats.gate, course_id)
+    return await _answer(pool, seats, course_id)
+
+
+async def _apply(conn: asyncpg.Connection, course_id: int, changes: dict[str, object]) -> None:
+    sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=2))
+    try:
+        await conn.execute(f"UPDATE courses SET {sets}, updated_at = now() WHERE id = $1",
+                           course_id, *changes.values())
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        raise constraint_error(exc) from exc
+    if changes.get("status") == "cancelled":
+        await cancel_everyone(conn, course_id)
 
 
 async def cancel_everyone(conn: asyncpg.Connection, course_id: int) -> None:
@@ -274,4 +262,4 @@ async def cancel_everyone(conn: asyncpg.Connection, course_id: int) -> None:
                                {"course_id": course_id, "waitlist": "cleared"})
 
 
-HANDLERS = [create_course, list_courses, get_course, update_course]
+HANDLERS: list[Any] = [create_course, list_courses, get_course, update_course]

@@ -12,16 +12,24 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
 from litestar import Request, Response, get, post
 
-from booking.context import services
-from booking.core.errors import ApiError, answer, documented, not_found, secured
+from booking.core.auth import requires
+from booking.core.errors import (
+    Conflict,
+    Invalid,
+    NotFound,
+    Unauthorized,
+    answer,
+    documented,
+)
 from booking.core.fields import NO_NUL
 from booking.core.observability import PAYMENTS
+from booking.core.settings import Settings
 from booking.core.signing import SIGNATURE_HEADER, signature_ok
 
 
@@ -68,26 +76,31 @@ SELECT provider_ref, booking_id::text AS booking_id, amount_cents, received_at F
 WHERE outcome = 'refund_due' ORDER BY received_at LIMIT 1000
 """
 
+BAD_SIGNATURE = Unauthorized("The callback signature is missing or wrong.", code="bad_signature")
+AMOUNT_MISMATCH = Conflict("The amount paid is not the price of this course.",
+                           code="amount_mismatch")
+REF_REUSED = Conflict("This provider reference was used for another booking.",
+                      code="provider_ref_reused")
+
 
 @post("/v1/payments/callback", operation_id="paymentCallback", tags=["payments"],
       status_code=200, responses=documented(400, 401, 404, 409, 413, 503))
-async def payment_callback(request: Request) -> Response[PaymentOut]:
+async def payment_callback(request: Request, settings: Settings,
+                           pool: asyncpg.Pool) -> Response[PaymentOut]:
     """The payment provider reports a paid hold (JSON body signed with HMAC-SHA256 in the
     X-Booking-Signature header: `sha256=<hex>`). Same callback twice: same answer."""
-    s = services(request)
     body = await request.body()
-    if not signature_ok(s.settings.payment_secret, body, request.headers.get(SIGNATURE_HEADER)):
-        raise ApiError(401, "bad_signature", "The callback signature is missing or wrong.")
+    if not signature_ok(settings.payment_secret, body, request.headers.get(SIGNATURE_HEADER)):
+        raise BAD_SIGNATURE.again()
     try:
         callback = msgspec.json.decode(body, type=PaymentCallback)
     except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid", f"Invalid payment callback: {exc}") from exc
-    async with s.pool.acquire() as conn, conn.transaction():
+        raise Invalid(f"Invalid payment callback: {exc}") from exc
+    async with pool.acquire() as conn, conn.transaction():
         result, repeated = await _settle_payment(conn, callback)
     PAYMENTS.labels("repeated" if repeated else result.outcome).inc()
     if result.outcome == "amount_mismatch":
-        return answer(ApiError(  # type: ignore[return-value]
-            409, "amount_mismatch", "The amount paid is not the price of this course."))
+        return answer(AMOUNT_MISMATCH)
     return Response(result, status_code=200)
 
 
@@ -98,12 +111,11 @@ async def _settle_payment(conn: asyncpg.Connection,
         claimed = await conn.fetchval(CLAIM_REFERENCE, callback.provider_ref,
                                       callback.booking_id, callback.amount_cents)
     except asyncpg.ForeignKeyViolationError as exc:
-        raise not_found("booking") from exc
+        raise NotFound.of("booking") from exc
     if claimed is None:  # seen before: the answer it got then
         earlier = await conn.fetchrow(EARLIER_CALLBACK, callback.provider_ref)
         if earlier["booking_id"] != str(callback.booking_id):
-            raise ApiError(409, "provider_ref_reused",
-                           "This provider reference was used for another booking.")
+            raise REF_REUSED.again()
         return PaymentOut(**dict(earlier)), True
     booking = await conn.fetchrow(BOOKING_TO_PAY, callback.booking_id)
     if callback.amount_cents != booking["price_cents"]:
@@ -116,13 +128,12 @@ async def _settle_payment(conn: asyncpg.Connection,
     return PaymentOut(callback.provider_ref, str(callback.booking_id), outcome, status), False
 
 
-@get("/v1/payments/refunds", operation_id="refundsDue", tags=["payments"], **secured())
-async def refunds_due(request: Request) -> list[RefundDue]:
+@get("/v1/payments/refunds", operation_id="refundsDue", tags=["payments"],
+     **requires("operator"))
+async def refunds_due(pool: asyncpg.Pool) -> list[RefundDue]:
     """Payments to give back: they came for a hold that had lapsed or was no longer active
     (operators)."""
-    s = services(request)
-    s.auth.require(request, "operator")
-    return [RefundDue(**dict(row)) for row in await s.pool.fetch(REFUNDS_DUE)]
+    return [RefundDue(**dict(row)) for row in await pool.fetch(REFUNDS_DUE)]
 
 
-HANDLERS = [payment_callback, refunds_due]
+HANDLERS: list[Any] = [payment_callback, refunds_due]

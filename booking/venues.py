@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
+import asyncpg
 import msgspec
-from litestar import Request, get, post
+from litestar import get, post
 
-from booking.context import services
-from booking.core.errors import documented, secured
+from booking.core.auth import requires
+from booking.core.errors import documented
 from booking.core.fields import NO_NUL
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL)]
@@ -39,21 +40,20 @@ RETURNING {COLUMNS}
 LIST_VENUES = f"SELECT {COLUMNS} FROM venues ORDER BY id LIMIT 1000"
 
 
-@post("/v1/venues", operation_id="createVenue", tags=["venues"], **secured(413))
-async def create_venue(request: Request, data: VenueIn) -> VenueOut:
+@post("/v1/venues", operation_id="createVenue", tags=["venues"],
+      **requires("operator", errors=(413,)))
+async def create_venue(data: VenueIn, pool: asyncpg.Pool) -> VenueOut:
     """Add a teaching point (operators only)."""
-    s = services(request)
-    s.auth.require(request, "operator")
-    row = await s.pool.fetchrow(INSERT_VENUE, data.name, data.district, data.address,
+    row = await pool.fetchrow(INSERT_VENUE, data.name, data.district, data.address,
                                 data.lat, data.lon)
     return VenueOut(**dict(row))
 
 
 @get("/v1/venues", operation_id="listVenues", tags=["venues"], responses=documented(503))
-async def list_venues(request: Request) -> list[VenueOut]:
+async def list_venues(pool: asyncpg.Pool) -> list[VenueOut]:
     """All teaching points (public)."""
-    rows = await services(request).pool.fetch(LIST_VENUES)
+    rows = await pool.fetch(LIST_VENUES)
     return [VenueOut(**dict(row)) for row in rows]
 
 
-HANDLERS = [create_venue, list_venues]
+HANDLERS: list[Any] = [create_venue, list_venues]

@@ -3,21 +3,25 @@
 A place is a Postgres row (its id is the order of arrival) and an entry in the gate's copy of
 the queue. Joining writes the row, asks the gate (wait.lua: is the course still full?), and
 commits only when the gate said yes, so nobody waits for a course with a free seat. Freed seats
-reach the queue through booking/promotions.py.
+reach the queue through booking/ledger/promotions.py.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Any
 
 import asyncpg
 import msgspec
-from litestar import Request, Response, delete, get, post
+from litestar import Response, delete, get, post
 from litestar.openapi import ResponseSpec
+from litestar.params import Parameter
 
-from booking.context import Services, services
-from booking.core.errors import ApiError, not_found, secured, unavailable
-from booking.courses import CourseId, existing_id
+from booking.core.auth import Principal, requires
+from booking.core.errors import NotFound, Unavailable
+from booking.core.fields import MAX_ID
+from booking.seats import Outcome
+from booking.seats.seating import ALREADY_BOOKED, COURSE_CANCELLED, Seats, refusal
 
 
 class WaitlistEntryOut(msgspec.Struct):
@@ -49,91 +53,93 @@ SELECT 1 FROM bookings WHERE course_id = $1 AND resident_id = $2
   AND status IN ('confirmed', 'held')
 """
 
-ALREADY_BOOKED = ApiError(409, "already_booked", "You already hold a seat in this course.")
-
-
 def entry_out(row: asyncpg.Record) -> WaitlistEntryOut:
     waiting = row["status"] == "waiting"
     return WaitlistEntryOut(row["course_id"], row["resident_id"], row["status"],
                             int(row["position"]) if waiting else None, row["joined_at"])
 
 
-@post("/v1/courses/{course_id:int}/waitlist", operation_id="joinWaitlist", tags=["waitlist"],
-      status_code=201, security=[{"bearer": []}], responses={
-          **secured(404, 409)["responses"],
-          200: ResponseSpec(WaitlistEntryOut, description="Your place, already taken before"),
-      })
-async def join_waitlist(request: Request, course_id: CourseId) -> Response[WaitlistEntryOut]:
-    """Wait for a sold-out course: 201 with your position (1 = next), 200 if you already wait,
-    409 `seats_available` when a seat is free (grab it instead)."""
-    s = services(request)
-    resident_id = s.auth.require(request, "resident").sub
-    mine = await s.pool.fetchrow(MY_PLACE, existing_id(course_id), resident_id)
+CourseId = Annotated[int, Parameter(description="Course id")]
+
+
+async def my_place(pool: asyncpg.Pool, course_id: int, resident_id: str) -> asyncpg.Record:
+    """The resident's waiting place in a course, or NotFound."""
+    mine = await pool.fetchrow(MY_PLACE, course_id, resident_id) if course_id <= MAX_ID else None
+    if mine is None:
+        raise NotFound.of("waitlist place of yours")
+    return mine
+
+
+async def join(seats: Seats, pool: asyncpg.Pool, course_id: int,
+               resident_id: str) -> tuple[WaitlistEntryOut, bool]:
+    """Wait for a sold-out course: the place, and whether it is new (False: waiting already).
+    409 `seats_available` when a seat is free (grab it instead), `already_booked`."""
+    mine = await pool.fetchrow(MY_PLACE, course_id, resident_id) if course_id <= MAX_ID else None
     if mine is not None:
-        return Response(entry_out(mine), status_code=200)
-    if await s.pool.fetchval(HOLDS_A_SEAT, course_id, resident_id):
+        return entry_out(mine), False
+    if await pool.fetchval(HOLDS_A_SEAT, course_id, resident_id):
         raise ALREADY_BOOKED.again()
-    joined = await _join(s, course_id, resident_id)
-    mine = await s.pool.fetchrow(MY_PLACE, course_id, resident_id)
+    joined = await _join(seats, pool, course_id, resident_id)
+    mine = await pool.fetchrow(MY_PLACE, course_id, resident_id)
     if mine is None:  # promoted or gone between the commit and this read
-        raise unavailable("Your place changed while it was being saved; please look again.")
-    return Response(entry_out(mine), status_code=201 if joined else 200)
+        raise Unavailable("Your place changed while it was being saved; please look again.")
+    return entry_out(mine), joined
 
 
-async def _join(s: Services, course_id: int, resident_id: str) -> bool:
+async def _join(seats: Seats, pool: asyncpg.Pool, course_id: int, resident_id: str) -> bool:
     """Write the place and put it in the gate's queue in one go; False when a twin request of
     the same resident wrote it first."""
-    async with s.pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn, conn.transaction():
         # A share lock on the course: a cancellation (which clears the waitlist) waits for us.
         status = await conn.fetchval(COURSE_STATUS, course_id)
         if status is None:
-            raise not_found("course")
+            raise NotFound.of("course")
         if status != "published":
-            raise ApiError(409, "course_cancelled", "This course is cancelled.")
+            raise COURSE_CANCELLED.again()
         place = await conn.fetchval(JOIN, course_id, resident_id)
         if place is None:
             return False
-        decision = await s.gate.wait(course_id, resident_id, place)
-        if decision.outcome == "missing":
-            await s.loader.load(course_id)
-            decision = await s.gate.wait(course_id, resident_id, place)
-        match decision.outcome:
-            case "waiting":
-                return True
-            case "seats_available":
-                raise ApiError(409, "seats_available",
-                               "This course has a free seat: grab it instead of waiting.")
-            case "held":
-                raise ALREADY_BOOKED.again()
-            case "course_cancelled":
-                raise ApiError(409, "course_cancelled", "This course is cancelled.")
-    raise unavailable()
+        decision = await seats.wait(course_id, resident_id, place)
+        if decision.outcome is not Outcome.WAITING:
+            raise refusal(decision).again()
+    return True
 
 
-@get("/v1/courses/{course_id:int}/waitlist/me", operation_id="myWaitlistPlace",
-     tags=["waitlist"], **secured(404))
-async def my_place(request: Request, course_id: CourseId) -> WaitlistEntryOut:
-    """Your current place in the waitlist of a course."""
-    s = services(request)
-    resident_id = s.auth.require(request, "resident").sub
-    mine = await s.pool.fetchrow(MY_PLACE, existing_id(course_id), resident_id)
-    if mine is None:
-        raise not_found("waitlist place of yours")
-    return entry_out(mine)
-
-
-@delete("/v1/courses/{course_id:int}/waitlist/me", operation_id="leaveWaitlist",
-        tags=["waitlist"], status_code=200, **secured(404))
-async def leave_waitlist(request: Request, course_id: CourseId) -> WaitlistEntryOut:
-    """Leave the waitlist of a course."""
-    s = services(request)
-    resident_id = s.auth.require(request, "resident").sub
-    left = await s.pool.fetchrow(LEAVE, existing_id(course_id), resident_id)
+async def leave(seats: Seats, pool: asyncpg.Pool, course_id: int,
+                resident_id: str) -> WaitlistEntryOut:
+    left = await pool.fetchrow(LEAVE, course_id, resident_id) if course_id <= MAX_ID else None
     if left is None:
-        raise not_found("waitlist place of yours")
-    await s.gate.leave_waitlist(course_id, resident_id)
+        raise NotFound.of("waitlist place of yours")
+    await seats.gate.leave_waitlist(course_id, resident_id)
     return WaitlistEntryOut(left["course_id"], left["resident_id"], left["status"], None,
                             left["joined_at"])
 
 
-HANDLERS = [join_waitlist, my_place, leave_waitlist]
+@post("/v1/courses/{course_id:int}/waitlist", operation_id="joinWaitlist", tags=["waitlist"],
+      status_code=201, **requires("resident", errors=(404, 409), also={
+          200: ResponseSpec(WaitlistEntryOut, description="Your place, already taken before")}))
+async def join_waitlist(course_id: CourseId, principal: Principal, seats: Seats,
+                        pool: asyncpg.Pool) -> Response[WaitlistEntryOut]:
+    """Wait for a sold-out course: 201 with your position (1 = next), 200 if you already wait,
+    409 `seats_available` when a seat is free (grab it instead)."""
+    entry, joined = await join(seats, pool, course_id, principal.sub)
+    return Response(entry, status_code=201 if joined else 200)
+
+
+@get("/v1/courses/{course_id:int}/waitlist/me", operation_id="myWaitlistPlace",
+     tags=["waitlist"], **requires("resident", errors=(404,)))
+async def my_waitlist_place(course_id: CourseId, principal: Principal,
+                            pool: asyncpg.Pool) -> WaitlistEntryOut:
+    """Your current place in the waitlist of a course."""
+    return entry_out(await my_place(pool, course_id, principal.sub))
+
+
+@delete("/v1/courses/{course_id:int}/waitlist/me", operation_id="leaveWaitlist",
+        tags=["waitlist"], status_code=200, **requires("resident", errors=(404,)))
+async def leave_waitlist(course_id: CourseId, principal: Principal, seats: Seats,
+                         pool: asyncpg.Pool) -> WaitlistEntryOut:
+    """Leave the waitlist of a course."""
+    return await leave(seats, pool, course_id, principal.sub)
+
+
+HANDLERS: list[Any] = [join_waitlist, my_waitlist_place, leave_waitlist]

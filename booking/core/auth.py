@@ -1,4 +1,11 @@
-"""Bearer tokens: HS256 JWTs signed with BOOKING_SECRET, claims `sub`, `role` and `venue_id`."""
+"""Bearer tokens and who may call what.
+
+Tokens are HS256 JWTs signed with BOOKING_SECRET, claims `sub`, `role`, `exp` and, for a
+venue, `venue_id`. A protected route declares its roles with `requires(...)`, which gives the
+route both its guard and its OpenAPI security, so the check and the documentation cannot drift.
+The guard runs before Litestar reads or validates the body: a stranger learns nothing about a
+route's input, and a forged token is never mistaken for an input error.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +14,31 @@ import binascii
 import hashlib
 import hmac
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import jwt
 import msgspec
-from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import ResponseSpec
+from litestar.types import Scope
 
-from booking.core.errors import ApiError
+from booking.core.errors import Forbidden, Unauthorized, documented
 from booking.core.fields import NO_NUL
 
 Role = Literal["resident", "venue", "operator"]
-ROLES: tuple[str, ...] = ("resident", "venue", "operator")
+ROLES: tuple[Role, ...] = ("resident", "venue", "operator")
 TOKEN_DAYS = 30
 _CACHE_LIMIT = 50_000
 
 
 class Principal(msgspec.Struct, frozen=True):
+    """Who is calling: the verified claims of their token."""
+
     sub: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=NO_NUL)]
     role: Role
+    exp: float
     venue_id: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    exp: float | None = None
 
 
 def mint(secret: str, role: str, sub: str, *, venue_id: int | None = None,
@@ -46,36 +58,39 @@ def _b64decode(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
-def _invalid() -> ApiError:
-    return ApiError(401, "unauthorized", "The token is not valid.")
+def _invalid(detail: str = "The token is not valid.") -> Unauthorized:
+    return Unauthorized(detail)
 
 
-class Authenticator:
+class TokenVerifier:
     """Verifies tokens; remembers verified ones so a hot path pays for HMAC once per token."""
 
     def __init__(self, secret: str) -> None:
         self._key = secret.encode()
         self._verified: dict[str, Principal] = {}
 
-    def principal(self, request: Request) -> Principal:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
+    def principal(self, authorization: str | None) -> Principal:
+        """The caller named by an `Authorization` header, or Unauthorized."""
+        scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "unauthorized", "Send a token as 'Authorization: Bearer <token>'.")
+            raise Unauthorized()
         found = self._verified.get(token)
         if found is None:
-            found = self._verify(token)
+            found = self.verify(token)
             if len(self._verified) >= _CACHE_LIMIT:
                 self._verified.clear()
             self._verified[token] = found
-        if found.exp is not None and found.exp < time.time():
-            raise ApiError(401, "unauthorized", "The token has expired.")
+        if found.exp < time.time():
+            raise _invalid("The token has expired.")
         return found
 
-    def _verify(self, token: str) -> Principal:
+    def verify(self, token: str) -> Principal:
         """Check an HS256 JWT: only HS256 is accepted (no `none`, no key confusion), the
-        signature in constant time, then the claims by type. Hand-written because a rush brings
-        a new token with almost every request, and this is several times cheaper than PyJWT."""
+        signature in constant time, then the claims by type (`exp` required).
+
+        Hand-written rather than PyJWT's `decode`: a rush brings a new token with almost every
+        request, and this costs 8 µs a token against PyJWT's 45 µs (20,000 tokens, one core of
+        the 2-core bench machine), a tenth of a sold-out answer's whole cost."""
         try:
             header_b64, payload_b64, signature_b64 = token.split(".")
             header = msgspec.json.decode(_b64decode(header_b64), type=_Header)
@@ -89,18 +104,48 @@ class Authenticator:
         try:
             principal = msgspec.json.decode(_b64decode(payload_b64), type=Principal)
         except msgspec.ValidationError as exc:
-            detail = f"The token's claims are not valid: {exc}."
-            raise ApiError(401, "unauthorized", detail) from exc
+            raise _invalid(f"The token's claims are not valid: {exc}.") from exc
         except (msgspec.DecodeError, binascii.Error) as exc:
             raise _invalid() from exc
-        if principal.exp is not None and principal.exp < time.time():
-            raise ApiError(401, "unauthorized", "The token has expired.")
+        if principal.exp < time.time():
+            raise _invalid("The token has expired.")
         if principal.role == "venue" and principal.venue_id is None:
-            raise ApiError(401, "unauthorized", "A venue token needs a venue_id claim.")
+            raise _invalid("A venue token needs a venue_id claim.")
         return principal
 
-    def require(self, request: Request, *roles: Role) -> Principal:
-        principal = self.principal(request)
-        if principal.role not in roles:
-            raise ApiError(403, "forbidden", f"This needs a {' or '.join(roles)} token.")
-        return principal
+
+class RoleGuard:
+    """Authenticates the caller and checks their role; the principal goes to `scope["user"]`
+    (handlers receive it as the `principal` dependency)."""
+
+    def __init__(self, roles: tuple[Role, ...]) -> None:
+        self.roles = roles
+        self._refusal = f"This needs a {' or '.join(roles)} token."
+
+    def __call__(self, connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        verifier: TokenVerifier = connection.app.state.tokens
+        principal = verifier.principal(connection.headers.get("authorization"))
+        if principal.role not in self.roles:
+            raise Forbidden(self._refusal)
+        connection.scope["user"] = principal
+
+
+def requires(*roles: Role, errors: tuple[int, ...] = (),
+             also: dict[int, ResponseSpec] | None = None) -> dict[str, Any]:
+    """Route options of an operation that needs a token of one of `roles`: its guard, its
+    OpenAPI security and its answers (the errors, and `also` any other success), from one
+    place."""
+    return {"guards": [RoleGuard(roles)], "security": [{"bearer": []}],
+            "responses": {**documented(400, 401, 403, *errors, 503), **(also or {})},
+            "opt": {"roles": roles}}
+
+
+def check_owner(principal: Principal, venue_id: int) -> None:
+    """A venue may act only on its own courses (operators on every one)."""
+    if principal.role == "venue" and principal.venue_id != venue_id:
+        raise Forbidden("This course belongs to another venue.")
+
+
+def provide_principal(scope: Scope) -> Principal:
+    """The dependency `principal`: set by the route's guard."""
+    return scope["user"]  # type: ignore[typeddict-item]

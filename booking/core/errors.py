@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import asyncpg
@@ -19,28 +20,75 @@ log = logging.getLogger("booking")
 
 
 class ApiError(Exception):
-    """A domain answer that is not a success: status, machine-readable code, human sentence."""
+    """A domain answer that is not a success: status, machine-readable code, human sentence.
 
-    def __init__(
-        self,
-        status_code: int,
-        code: str,
-        detail: str,
-        *,
-        headers: dict[str, str] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status_code = status_code
-        self.code = code
-        self.detail = detail
+    Subclasses name the common answers (`NotFound`, `Conflict`, ...); one handler table below
+    turns any of them into `{code, detail}` JSON."""
+
+    status_code = 400
+    code = "invalid"
+    detail = "The request is not valid."
+
+    def __init__(self, detail: str | None = None, *, code: str | None = None,
+                 headers: dict[str, str] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        self.detail = detail or type(self).detail
+        self.code = code or type(self).code
+        super().__init__(self.detail)
         self.headers = headers or {}
         self.extra = extra or {}
 
     def again(self) -> ApiError:
         """A fresh copy of a shared error, to raise (a raised instance keeps its traceback)."""
-        return ApiError(self.status_code, self.code, self.detail, headers=dict(self.headers),
-                        extra=dict(self.extra))
+        return type(self)(self.detail, code=self.code, headers=dict(self.headers),
+                          extra=dict(self.extra))
+
+
+class Invalid(ApiError):
+    status_code, code = 400, "invalid"
+
+
+class Unauthorized(ApiError):
+    status_code, code = 401, "unauthorized"
+    detail = "Send a token as 'Authorization: Bearer <token>'."
+
+
+class Forbidden(ApiError):
+    status_code, code = 403, "forbidden"
+    detail = "This token may not do that."
+
+
+class NotFound(ApiError):
+    status_code, code = 404, "not_found"
+    detail = "No such resource."
+
+    @classmethod
+    def of(cls, what: str) -> NotFound:
+        return cls(f"No {what} with that id.")
+
+
+class Conflict(ApiError):
+    """A 409: the request is fine, the state of things says no (`code` says which)."""
+
+    status_code, code = 409, "conflict"
+
+
+class RateLimited(ApiError):
+    status_code, code = 429, "rate_limited"
+    detail = "Too many requests; please wait a moment."
+
+    @classmethod
+    def waiting(cls, wait_s: float, detail: str | None = None) -> RateLimited:
+        return cls(detail, headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
+
+
+class Unavailable(ApiError):
+    status_code, code = 503, "unavailable"
+    detail = "The service is briefly unavailable; please try again."
+
+    def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.headers.setdefault("Retry-After", "1")
 
 
 class ErrorBody(msgspec.Struct):
@@ -68,30 +116,12 @@ def documented(*statuses: int) -> dict[int, ResponseSpec]:
             for status in statuses}
 
 
-def secured(*statuses: int) -> dict[str, Any]:
-    """Route options of an operation that needs a bearer token: its security and errors."""
-    return {"security": [{"bearer": []}],
-            "responses": documented(400, 401, 403, *statuses, 503)}
-
-
-def answer(error: ApiError) -> Response[bytes]:
+def answer(error: ApiError) -> Response[Any]:
     """An error as a response, for hot paths that answer without raising (raising and
     catching through the framework costs more than the rest of a sold-out answer)."""
     body = msgspec.json.encode({"code": error.code, "detail": error.detail, **error.extra})
     return Response(body, status_code=error.status_code, headers=error.headers,
                     media_type=MediaType.JSON)
-
-
-def not_found(what: str) -> ApiError:
-    return ApiError(404, "not_found", f"No {what} with that id.")
-
-
-def forbidden(detail: str) -> ApiError:
-    return ApiError(403, "forbidden", detail)
-
-
-def unavailable(detail: str = "The service is briefly unavailable; please try again.") -> ApiError:
-    return ApiError(503, "unavailable", detail, headers={"Retry-After": "1"})
 
 
 _CODES_BY_STATUS = {
@@ -152,7 +182,7 @@ def _bad_text(_: Request, exc: Exception) -> Response[dict[str, Any]]:
 def _store_down(_: Request, exc: Exception) -> Response[dict[str, Any]]:
     log.warning("store unavailable: %s: %s", type(exc).__name__, exc)
     STORE_ERRORS.labels("redis" if isinstance(exc, RedisError) else "postgres").inc()
-    error = unavailable()
+    error = Unavailable()
     return _json(error.status_code, error.code, error.detail, error.headers)
 
 

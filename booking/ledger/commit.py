@@ -18,6 +18,8 @@ import asyncpg
 
 from booking.core.batching import MicroBatcher
 from booking.core.observability import COMMIT_BATCH_ROWS
+from booking.ledger.promotions import free_seat
+from booking.ledger.states import Status, new_status
 from booking.seats import SeatGate
 
 log = logging.getLogger("booking.ledger.commit")
@@ -57,8 +59,8 @@ class NewBooking:
     queued_at: float = 0.0
 
     @property
-    def status(self) -> str:
-        return "confirmed" if self.expires_at is None else "held"
+    def status(self) -> Status:
+        return new_status(self.expires_at)
 
 
 class BookingLedger:
@@ -74,9 +76,23 @@ class BookingLedger:
         await self._batcher.close()
 
     async def record(self, booking: NewBooking) -> None:
-        """Return once the booking row is committed; raise CommitFailed otherwise."""
+        """Return once the booking row is committed; raise CommitFailed otherwise. A write that
+        surely failed has given its seat back (to the first resident waiting, if any) by then;
+        one whose outcome is unknown leaves it pending for the reconciler to judge."""
         booking.queued_at = asyncio.get_running_loop().time()
-        await self._batcher.submit(booking)
+        try:
+            await self._batcher.submit(booking)
+        except CommitFailed as exc:
+            if exc.certain:
+                await self._give_back(booking)
+            raise
+
+    async def _give_back(self, booking: NewBooking) -> None:
+        try:
+            await free_seat(self._pool, self._gate, booking.course_id, booking.resident_id,
+                            booking.id)
+        except Exception as exc:  # the reconciler gives it back after the pending timeout
+            log.warning("could not give back seat of %s: %s", booking.id, exc)
 
     async def _write(self, batch: list[NewBooking]) -> list[CommitFailed | None]:
         """One INSERT for the batch; the outcome of each row, in order."""

@@ -1,12 +1,14 @@
-"""The Redis seat gate."""
+"""The Redis seat gate and everything that keeps it in agreement with Postgres."""
 
 from booking.seats.gate import (
     CourseGateState,
     Decision,
+    Outcome,
     Promotion,
     SeatGate,
     SyncResult,
     course_keys,
 )
 
-__all__ = ["CourseGateState", "Decision", "Promotion", "SeatGate", "SyncResult", "course_keys"]
+__all__ = ["CourseGateState", "Decision", "Outcome", "Promotion", "SeatGate", "SyncResult",
+           "course_keys"]

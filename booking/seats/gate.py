@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from redis.asyncio import Redis
 
@@ -24,14 +25,28 @@ def course_keys(course_id: int) -> tuple[str, str, str, str]:
     return f"{tag}:info", f"{tag}:holders", f"{tag}:pending", f"{tag}:waiting"
 
 
+class Outcome(StrEnum):
+    """What a seat script decided (the first element of its reply)."""
+
+    TAKEN = "taken"  # grab.lua took a seat for this resident (pending until written)
+    HELD = "held"  # this resident already holds a seat of the course
+    SOLD_OUT = "sold_out"
+    NOT_OPEN = "not_open"
+    CANCELLED = "course_cancelled"
+    WAITING = "waiting"  # wait.lua put the resident in the waitlist
+    SEATS_AVAILABLE = "seats_available"  # wait.lua: a seat is free, grab it instead
+    MISSING = "missing"  # the gate has not loaded the course (Seats loads it and asks again)
+    NO_COURSE = "no_course"  # Postgres has no such course either
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What grab.lua said: `outcome` is taken, held, sold_out, not_open, course_cancelled or
-    missing; `value` is seats left (taken), the booking id (held) or opens_at ms (not_open)."""
+    """A seat script's reply as a typed value."""
 
-    outcome: str
-    value: str | None = None
-    hold_s: int = 0  # taken: how long a hold of this (paid) course lasts; 0 for a free course
+    outcome: Outcome
+    booking_id: str | None = None  # HELD: the booking the resident holds
+    opens_at_ms: int = 0  # NOT_OPEN: when sales open (ms since the epoch)
+    hold_s: int = 0  # TAKEN: how long a hold of this (paid) course lasts; 0 for a free course
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +206,11 @@ class SeatGate:
 
 
 def _decision(reply: list[str]) -> Decision:
-    outcome = reply[0]
-    value = reply[1] if len(reply) > 1 else None
-    hold_s = int(reply[2]) if len(reply) > 2 else 0
-    return Decision(outcome, value, hold_s)
+    outcome = Outcome(reply[0])
+    if outcome is Outcome.TAKEN:
+        return Decision(outcome, hold_s=int(reply[2]))
+    if outcome is Outcome.HELD:
+        return Decision(outcome, booking_id=reply[1])
+    if outcome is Outcome.NOT_OPEN:
+        return Decision(outcome, opens_at_ms=int(reply[1]))
+    return Decision(outcome)

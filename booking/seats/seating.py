@@ -1,0 +1,93 @@
+"""The gate as the request path uses it: every grab, swap target and waitlist join asks here.
+
+A course the gate has not loaded yet (a new process, or Redis lost its data) is loaded from
+Postgres once per process and asked again, so no caller ever sees `missing`; an id Postgres
+could not hold is simply no course. `refusal` is the one table from a decision that is not a
+seat to the answer a resident gets.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from booking.core.errors import ApiError, Conflict, NotFound
+from booking.core.fields import MAX_ID
+from booking.seats.gate import Decision, Outcome, SeatGate
+from booking.seats.reconcile import CourseLoader
+
+NO_COURSE = Decision(Outcome.NO_COURSE)
+
+
+class Seats:
+    def __init__(self, gate: SeatGate, loader: CourseLoader) -> None:
+        self.gate = gate
+        self.loader = loader
+
+    async def take(self, course_id: int, resident_id: str, booking_id: str) -> Decision:
+        """Take a seat (grab.lua); TAKEN leaves it pending until the booking is written."""
+        if not _possible(course_id):
+            return NO_COURSE
+        decision = await self.gate.grab(course_id, resident_id, booking_id)
+        if decision.outcome is Outcome.MISSING:
+            if await self.loader.load(course_id) is None:
+                return NO_COURSE
+            decision = await self.gate.grab(course_id, resident_id, booking_id)
+        return decision
+
+    async def wait(self, course_id: int, resident_id: str, waitlist_id: int) -> Decision:
+        """Join the waitlist of a full course (wait.lua); the caller has locked the course."""
+        decision = await self.gate.wait(course_id, resident_id, waitlist_id)
+        if decision.outcome is Outcome.MISSING:
+            if await self.loader.load(course_id) is None:
+                return NO_COURSE
+            decision = await self.gate.wait(course_id, resident_id, waitlist_id)
+        return decision
+
+    async def seats_left(self, course_ids: Sequence[int]) -> list[int | None]:
+        """Live seats left per course, loading any course the gate does not know yet; None
+        for a course Postgres does not have."""
+        counts = await self.gate.seats_left(course_ids)
+        for i, count in enumerate(counts):
+            if count is None:
+                loaded = await self.loader.load(course_ids[i])
+                counts[i] = None if loaded is None else max(loaded.seats_left, 0)
+        return counts
+
+
+def _possible(course_id: int) -> bool:
+    """A course id Postgres could hold (bigint, positive)."""
+    return 1 <= course_id <= MAX_ID
+
+
+def not_open(opens_at_ms: int) -> Conflict:
+    opens_at = datetime.fromtimestamp(opens_at_ms / 1000, UTC)
+    wait_s = max(1, math.ceil(opens_at_ms / 1000 - time.time()))
+    return Conflict(f"Sales open at {opens_at.isoformat()}.", code="not_open",
+                    headers={"Retry-After": str(wait_s)},
+                    extra={"opens_at": opens_at.isoformat()})
+
+
+SOLD_OUT = Conflict("Every seat of this course is taken.", code="sold_out")
+COURSE_CANCELLED = Conflict("This course is cancelled.", code="course_cancelled")
+ALREADY_BOOKED = Conflict("You already hold a seat in that course.", code="already_booked")
+SEATS_AVAILABLE = Conflict("This course has a free seat: grab it instead of waiting.",
+                           code="seats_available")
+NO_SUCH_COURSE = NotFound.of("course")
+
+_REFUSALS: dict[Outcome, Callable[[Decision], ApiError]] = {
+    Outcome.SOLD_OUT: lambda _: SOLD_OUT,
+    Outcome.NOT_OPEN: lambda d: not_open(d.opens_at_ms),
+    Outcome.CANCELLED: lambda _: COURSE_CANCELLED,
+    Outcome.NO_COURSE: lambda _: NO_SUCH_COURSE,
+    Outcome.HELD: lambda _: ALREADY_BOOKED,
+    Outcome.SEATS_AVAILABLE: lambda _: SEATS_AVAILABLE,
+}
+
+
+def refusal(decision: Decision) -> ApiError:
+    """The answer to a decision that gives the caller nothing new (a shared instance: raise
+    `.again()`, or send it with `answer`)."""
+    return _REFUSALS[decision.outcome](decision)
