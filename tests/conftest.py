@@ -8,15 +8,12 @@ as `python -m booking serve` with two workers, exactly as a user would start it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,8 +27,11 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from booking.core.auth import mint
-from booking.core.db import apply_schema
 from booking.core.embedded import EmbeddedStores
+from booking.core.migrations import upgrade
+from booking.core.signing import signed_headers
+from booking.ops.rehearsal import address_of
+from booking.ops.service import Service, ServiceError
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 PAYMENT_SECRET = "test-payment-secret-long-enough-for-hmac"
@@ -56,7 +56,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
 async def db(stores: Stores) -> AsyncIterator[asyncpg.Pool]:
     pool = await asyncpg.create_pool(stores.database_url, min_size=1, max_size=10)
     async with pool.acquire() as conn:
-        await apply_schema(conn)
+        await upgrade(conn)
     yield pool
     await pool.close()
 
@@ -109,30 +109,13 @@ def server_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(stores: Stores, db: asyncpg.Pool, redis: Redis, server_log: Path) -> Iterator[str]:
-    port = free_port()
-    log = server_log
-    env = service_env(stores, log.parent, BOOKING_PORT=str(port), BOOKING_WORKERS="2")
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "booking", "serve"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the service did not start:\n{log.read_text()}")
-        time.sleep(0.2)
-    yield base
-    proc.terminate()
+    service = Service(service_env(stores, server_log.parent, BOOKING_WORKERS="2"), server_log)
     try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        service.start()
+    except ServiceError as exc:
+        pytest.fail(str(exc))
+    yield service.base_url
+    service.stop()
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -189,12 +172,6 @@ async def make_course(http: httpx.AsyncClient, capacity: int, opens_in_s: float 
     return response.json()
 
 
-def address_of(who: str) -> str:
-    """Residents come from many addresses, as they would from their own phones."""
-    n = zlib.crc32(who.encode())
-    return f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
-
-
 async def grab(http: httpx.AsyncClient, course_id: int, who: str) -> httpx.Response:
     headers = {**resident(who), "X-Forwarded-For": address_of(who)}
     return await http.post(f"/v1/courses/{course_id}/bookings", headers=headers)
@@ -225,10 +202,8 @@ async def pay(http: httpx.AsyncClient, booking_id: str, amount_cents: int,
     """What the payment provider sends: the body signed with HMAC-SHA256."""
     body = json.dumps({"provider_ref": provider_ref or unique("ref"), "booking_id": booking_id,
                        "amount_cents": amount_cents, "status": "paid"}).encode()
-    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     return await http.post("/v1/payments/callback", content=body,
-                           headers={"X-Booking-Signature": signature,
-                                    "Content-Type": "application/json"})
+                           headers=signed_headers(secret, body))
 
 
 async def gate_left(redis: Redis, course_id: int) -> int:
@@ -240,3 +215,48 @@ async def wait_for(predicate: Any, timeout: float = 20.0) -> None:
     while not await predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.2)
+
+
+class SweeperPaused:
+    """`async with SweeperPaused(redis):` holds the sweeper's round lock, so that no round of any
+    service process expires, resyncs or promotes over damage a test made on purpose before the
+    test has looked at it. Taking the lock means the last round started at least its 0.9 s lock
+    time ago (rounds of a test database take a few milliseconds)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._token = unique("sweeper-paused")
+
+    async def __aenter__(self) -> None:
+        from booking.lifecycle.sweeper import RECONCILER_LOCK
+
+        while not await self._redis.set(RECONCILER_LOCK, self._token, nx=True, px=30_000):
+            await asyncio.sleep(0.05)
+
+    async def __aexit__(self, *_: object) -> None:
+        from booking.lifecycle.sweeper import RECONCILER_LOCK
+
+        if await self._redis.get(RECONCILER_LOCK) == self._token:
+            await self._redis.delete(RECONCILER_LOCK)
+
+
+async def hammer(http: httpx.AsyncClient, course_id: int, lanes: int,
+                 answers: list[httpx.Response], done: Any,
+                 hammering: asyncio.Event | None = None, timeout: float = 30.0) -> None:
+    """`lanes` racers grab the course back to back, each grab as a new resident (so no
+    per-resident limit applies), appending every answer to `answers`, until `done()` is true
+    after an answer (or `timeout` passes: then the test's assertions say what went missing).
+    `hammering` is set once every lane has had an answer: from then on grabs are in flight."""
+    deadline = time.monotonic() + timeout
+    answered: set[int] = set()
+
+    async def lane(n: int) -> None:
+        while time.monotonic() < deadline:
+            answers.append(await grab(http, course_id, unique("racer")))
+            answered.add(n)
+            if hammering is not None and len(answered) == lanes:
+                hammering.set()
+            if done():
+                return
+
+    await asyncio.gather(*(lane(n) for n in range(lanes)))

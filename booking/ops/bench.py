@@ -15,7 +15,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -30,6 +29,7 @@ from booking.core.settings import ConfigError, Settings
 from booking.core.stores import running
 from booking.ops.check import CheckReport, check_invariants, read_received
 from booking.ops.rehearsal import Release, publish_release
+from booking.ops.service import Service, ServiceError
 
 OPENING_LEAD_S = 3.0
 HOT_SHARE = 0.9
@@ -51,43 +51,28 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(bench_dir, ignore_errors=True)  # a fresh ledger for every bench run
         settings = Settings.from_env({**os.environ, "BOOKING_DATA_DIR": str(bench_dir)})
     with running(settings) as ready, tempfile.TemporaryDirectory(prefix="bench-") as work:
-        server = _start_server(ready, args, Path(work))
+        service = Service(_service_env(ready, args), Path(work) / "server.log", port=args.port)
         try:
-            figures = _rush(ready, args, server, Path(work))
+            service.start()
+        except ServiceError as exc:
+            raise ConfigError(str(exc)) from exc
+        try:
+            figures = _rush(ready, args, service, Path(work))
         finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            service.stop(grace_s=30)
     print(json.dumps(figures))
     return 0 if not figures["violations"] and not figures["status_5xx"] else 1
 
 
-def _start_server(settings: Settings, args: argparse.Namespace,
-                  work: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "DATABASE_URL": str(settings.database_url),
-           "REDIS_URL": str(settings.redis_url), "BOOKING_SECRET": settings.secret,
-           "BOOKING_PORT": str(args.port), "BOOKING_WORKERS": str(args.workers)}
-    log = (work / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "booking", "serve"], env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{args.port}/ready", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise ConfigError(f"the service did not start: {(work / 'server.log').read_text()}")
-        time.sleep(0.2)
+def _service_env(settings: Settings, args: argparse.Namespace) -> dict[str, str]:
+    return {**os.environ, "DATABASE_URL": str(settings.database_url),
+            "REDIS_URL": str(settings.redis_url), "BOOKING_SECRET": settings.secret,
+            "BOOKING_WORKERS": str(args.workers)}
 
 
-def _rush(settings: Settings, args: argparse.Namespace, server: subprocess.Popen[bytes],
+def _rush(settings: Settings, args: argparse.Namespace, service: Service,
           work: Path) -> dict[str, object]:
-    base = f"http://127.0.0.1:{args.port}"
+    base = service.base_url
     print(f"Publishing {args.courses} courses x {args.seats} seats ...", flush=True)
     release = asyncio.run(publish_release(base, settings.secret, courses=args.courses,
                                           seats=args.seats, opens_in_s=60))
@@ -98,17 +83,17 @@ def _rush(settings: Settings, args: argparse.Namespace, server: subprocess.Popen
     opens_at = time.time() + OPENING_LEAD_S + len(release.course_ids) * 0.005
     asyncio.run(_move_opening(base, settings.secret, release, opens_at))
 
-    hot = max(1, len(release.course_ids) // 10)
     env = {**os.environ, "BENCH_TOKENS": str(tokens),
-           "BENCH_COURSES": ",".join(map(str, release.course_ids)), "BENCH_HOT": str(hot),
+           "BENCH_COURSES": ",".join(map(str, release.course_ids)),
+           "BENCH_HOT": str(len(release.hot)),
            "BENCH_HOT_SHARE": str(HOT_SHARE), "BENCH_CHOICES": str(CHOICES),
            "BENCH_THREADS": str(args.threads), "BENCH_OUT": str(work / "wrk"),
            "BENCH_FLOOD": str(args.flood)}
     script = work / "bench_rush.lua"
     script.write_text(resources.files("booking.ops").joinpath("bench_rush.lua").read_text())
-    service = _service_processes(server)
+    processes = _service_processes(service)
     stores_before = _stores_cpu()
-    server_before = _cpu(service)
+    server_before = _cpu(processes)
     client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     time.sleep(max(0.0, opens_at - time.time()))
     print(f"Sales open: {args.residents} residents rush over {args.concurrency} connections.",
@@ -126,7 +111,7 @@ def _rush(settings: Settings, args: argparse.Namespace, server: subprocess.Popen
     wrk.send_signal(signal.SIGINT)
     output, _ = wrk.communicate(timeout=60)
     client_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server_cpu = _cpu(service) - server_before
+    server_cpu = _cpu(processes) - server_before
     stores_cpu = _stores_cpu() - stores_before
     client_cpu = (client_after.ru_utime + client_after.ru_stime
                   - client_before.ru_utime - client_before.ru_stime)
@@ -155,8 +140,8 @@ async def _move_opening(base: str, secret: str, release: Release, opens_at: floa
         await asyncio.gather(*(move(c) for c in release.course_ids))
 
 
-def _service_processes(server: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    root = psutil.Process(server.pid)
+def _service_processes(service: Service) -> list[psutil.Process]:
+    root = psutil.Process(service.pid)
     return [root, *root.children(recursive=True)]
 
 
@@ -197,7 +182,7 @@ async def _verify(settings: Settings, release: Release, received: set[str],
     pool = await create_pool(str(settings.database_url), 2)
     redis = open_redis(str(settings.redis_url))
     try:
-        report = await check_invariants(pool, redis, received)
+        report = await check_invariants(pool, redis, received, course_ids=release.course_ids)
         row = await pool.fetchrow(
             "SELECT count(*) AS n, extract(epoch FROM max(created_at)) AS last FROM bookings "
             "WHERE course_id = ANY($1::bigint[]) AND status = 'confirmed'", release.course_ids)

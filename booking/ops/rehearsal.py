@@ -1,17 +1,22 @@
 """Publish a release for a rehearsal: venues and courses through the API, one opening time.
 
-Used by `booking release` (for Locust runs) and by `booking bench`. The course ids come back
-hottest first: load generators aim most of the crowd at the first tenth. With `paid_share`, that
-share of the courses has a price, spread evenly over the list (the hottest course first), so
-holds, payments and the waitlist of a sold-out paid course are rehearsed too.
+Used by `booking release` (for Locust runs), `booking bench` and the fault lab. The course ids
+come back hottest first: load generators aim most of the crowd at the first tenth (`hot`). With
+`paid_share`, that share of the courses has a price, spread evenly over the list (the hottest
+course first), so holds, payments and the waitlist of a sold-out paid course are rehearsed too.
+`load_release` reads back the JSON file `booking release --out` writes. `address_of` gives each
+simulated resident a client address of its own, as their phones would have.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import zlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 
@@ -35,6 +40,56 @@ class Release:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def price(self, course_id: int) -> int:
+        """The price of a course in cents; 0 for a free one (a grab confirms at once)."""
+        return self.price_cents if course_id in self.paid_course_ids else 0
+
+    @property
+    def hot(self) -> list[int]:
+        """The hottest tenth of the courses (at least one), where most of a crowd aims."""
+        return self.course_ids[:self._hot_count]
+
+    @property
+    def cold(self) -> list[int]:
+        return self.course_ids[self._hot_count:]
+
+    @property
+    def _hot_count(self) -> int:
+        return max(1, len(self.course_ids) // 10)
+
+
+class ReleaseFileError(ValueError):
+    """A release file that cannot be used; the message says which and why."""
+
+
+def load_release(path: Path) -> Release:
+    """The release `booking release --out` wrote to `path`."""
+    try:
+        data = json.loads(path.read_text())
+        opens_at_epoch = float(data["opens_at_epoch"])
+        release = Release(
+            str(data["base_url"]),
+            str(data.get("opens_at") or datetime.fromtimestamp(opens_at_epoch, UTC).isoformat()),
+            opens_at_epoch, [int(course_id) for course_id in data["course_ids"]],
+            int(data.get("seats") or 0),
+            [int(course_id) for course_id in data.get("paid_course_ids") or []],
+            int(data.get("price_cents") or 0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ReleaseFileError(f"cannot read the release {path} ({exc}); write one with "
+                               "`booking release --out FILE`") from exc
+    if not release.course_ids:
+        raise ReleaseFileError(f"the release {path} has no courses")
+    if release.paid_course_ids and release.price_cents < 1:
+        raise ReleaseFileError(f"the release {path} has paid courses but no price_cents")
+    return release
+
+
+def address_of(who: str) -> str:
+    """A client address of a resident's own (the same every time), for `X-Forwarded-For`:
+    residents come from many addresses, as they would from their own phones."""
+    n = zlib.crc32(who.encode())
+    return f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
 
 
 def is_paid(n: int, paid_share: float) -> bool:

@@ -1,0 +1,203 @@
+"""The faults, one function each: break one thing under the rush, note when and what in `Marks`.
+
+`scenarios(plan)` pairs each with what it must show (`Expect`) besides the shared rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+from redis.asyncio import Redis
+
+from booking.core.db import STATEMENT_TIMEOUT_MS
+from booking.ledger.commit import DEFAULT_DEADLINE_S
+from booking.seats import course_keys
+from loadtest.faults.figures import Expect, Marks
+from loadtest.faults.lab import FaultLab, Plan
+
+
+async def pending_marks(redis: Redis, course_ids: list[int],
+                        before_ms: float) -> list[tuple[int, str]]:
+    """(course, resident) of every pending mark older than `before_ms` (epoch ms)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for course_id in course_ids:
+            pipe.zrangebyscore(course_keys(course_id)[2], "-inf", before_ms)
+        replies = await pipe.execute()
+    return [(cid, who) for cid, reply in zip(course_ids, replies, strict=True) for who in reply]
+
+
+Inject = Callable[[FaultLab, list[int], Marks], Awaitable[None]]
+
+
+async def redis_restart(lab: FaultLab, course_ids: list[int], marks: Marks) -> None:
+    """Redis SIGKILLed; a new, empty one on the same socket after `fault_s`."""
+    marks.what = f"Redis killed (SIGKILL) and restarted empty after {lab.plan.fault_s:.0f} s"
+    marks.start = time.monotonic()
+    await asyncio.to_thread(lab.stores.kill_redis)
+    await asyncio.sleep(lab.plan.fault_s)
+    await asyncio.to_thread(lab.stores.restart_redis)
+    marks.end = time.monotonic()
+
+
+async def postgres_restart(lab: FaultLab, course_ids: list[int], marks: Marks) -> None:
+    """`pg_ctl stop -m fast`, down for `fault_s`, then started again on the same socket."""
+    marks.what = f"Postgres stopped (fast) and started again after {lab.plan.fault_s:.0f} s"
+    marks.start = time.monotonic()
+    await asyncio.to_thread(lab.stores.stop_postgres)
+    marks.notes["stop took s"] = round(time.monotonic() - marks.start, 2)
+    await asyncio.sleep(lab.plan.fault_s)
+    restarted = time.monotonic()
+    await asyncio.to_thread(lab.stores.start_postgres)
+    marks.end = time.monotonic()
+    marks.notes["start took s"] = round(marks.end - restarted, 2)
+
+
+async def slow_postgres(lab: FaultLab, course_ids: list[int], marks: Marks) -> None:
+    """A transaction holds ACCESS EXCLUSIVE on bookings for `slow_hold_s`: every insert, cancel
+    and roster read waits, past the statement timeout."""
+    hold_s = lab.plan.slow_hold_s
+    marks.what = f"bookings locked ACCESS EXCLUSIVE for {hold_s:.0f} s"
+    conn = await asyncpg.connect(lab.stores.database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE bookings IN ACCESS EXCLUSIVE MODE")
+            marks.start = time.monotonic()
+            await asyncio.sleep(hold_s)
+        marks.end = time.monotonic()
+    finally:
+        await conn.close()
+
+
+SLOW_COMMITS = ["""
+CREATE OR REPLACE FUNCTION faults_slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$""", """
+CREATE OR REPLACE TRIGGER faults_slow_commit AFTER INSERT ON bookings
+    FOR EACH STATEMENT EXECUTE FUNCTION faults_slow_commit()""",
+                "ALTER SYSTEM SET client_connection_check_interval = '100ms'",
+                "SELECT pg_reload_conf()"]
+FAST_COMMITS = ["DROP TRIGGER IF EXISTS faults_slow_commit ON bookings",
+                "ALTER SYSTEM RESET client_connection_check_interval", "SELECT pg_reload_conf()"]
+SLOW_COMMIT_S = 0.5  # long enough that some grabs are still queued for the ledger
+
+
+@contextlib.asynccontextmanager
+async def slow_commits(lab: FaultLab, seconds: float) -> AsyncIterator[None]:
+    """Every booking INSERT takes `seconds` longer (as on a slow disk), so that a worker killed
+    at any instant has grabs between the gate and the ledger; and Postgres checks for a vanished
+    client while it works, so that an INSERT whose worker died is rolled back, not committed."""
+    conn = await asyncpg.connect(lab.stores.database_url)
+    try:
+        for statement in SLOW_COMMITS:
+            await conn.execute(statement.format(seconds=float(seconds)))
+        yield
+    finally:
+        for statement in FAST_COMMITS:
+            await conn.execute(statement)
+        await conn.close()
+
+
+async def worker_killed(lab: FaultLab, course_ids: list[int], marks: Marks) -> None:
+    """The busiest worker SIGKILLed mid-rush. Its seats taken but not written stay pending until
+    the reconciler gives them back; uvicorn's supervisor should start a replacement."""
+    if lab.plan.workers < 2:
+        raise ValueError("the worker scenario needs --workers 2 or more (one worker: no "
+                         "supervisor, nothing left to serve)")
+    async with slow_commits(lab, SLOW_COMMIT_S):
+        await asyncio.sleep(1.0)
+        load = lab.connections_per_worker()
+        victim = max(load, key=lambda pid: load[pid])
+        marks.what = (f"the busiest worker SIGKILLed (client connections per worker: {load}; "
+                      f"commits slowed by {SLOW_COMMIT_S:.1f} s around the kill)")
+        kill_ms = time.time() * 1000
+        os.kill(victim, signal.SIGKILL)
+        marks.start = time.monotonic()
+        marks.end = await _replacement(lab, victim, marks)
+        # The living worker settles its own grabs within a slow commit or two.
+        await asyncio.sleep(max(0.0, marks.start + 4 * SLOW_COMMIT_S - time.monotonic()))
+        orphans = await _orphans(lab, course_ids, kill_ms, marks)
+    await _wait_cleared(lab, course_ids, kill_ms, orphans, marks)
+    marks.notes["client connections per worker now"] = lab.connections_per_worker()
+
+
+async def _replacement(lab: FaultLab, victim: int, marks: Marks, bound_s: float = 20) -> float:
+    before = set(lab.service.worker_pids()) - {victim}
+    while time.monotonic() - marks.start < bound_s:
+        fresh = set(lab.service.worker_pids()) - before - {victim}
+        if fresh:
+            marks.notes["replacement worker"] = (f"pid {min(fresh)} after "
+                                                 f"{time.monotonic() - marks.start:.1f} s")
+            return time.monotonic()
+        await asyncio.sleep(0.1)
+    marks.notes["replacement worker"] = f"none within {bound_s:.0f} s"
+    marks.violations.append(f"no worker replaced the killed one within {bound_s:.0f} s")
+    return time.monotonic()
+
+
+async def _orphans(lab: FaultLab, course_ids: list[int], kill_ms: float,
+                   marks: Marks) -> list[tuple[int, str]]:
+    """Pending marks from (just after) the kill still there seconds later: the dead worker's
+    grabs. Redis may run a pipeline the worker sent a moment before it died: hence the 100 ms."""
+    async with lab.clients() as (pool, redis):
+        orphans = await pending_marks(redis, course_ids, kill_ms + 100)
+        written = await _written(pool, orphans)
+    marks.orphans_never_written = len(orphans) - len(written)
+    marks.notes["orphaned seats (pending at the kill)"] = (
+        f"{len(orphans)}: {marks.orphans_never_written} never written, {len(written)} written "
+        f"but not settled")
+    return orphans
+
+
+async def _wait_cleared(lab: FaultLab, course_ids: list[int], kill_ms: float,
+                        orphans: list[tuple[int, str]], marks: Marks) -> None:
+    """Time until the reconciler has cleared every orphan (given back, or kept if written)."""
+    bound_s = lab.plan.settle_bound_s + 5
+    async with lab.clients() as (_, redis):
+        while orphans and time.monotonic() - marks.start < bound_s:
+            still = set(await pending_marks(redis, course_ids, kill_ms + 100))
+            orphans = [o for o in orphans if o in still]
+            if orphans:
+                await asyncio.sleep(0.2)
+    waited = time.monotonic() - marks.start
+    if orphans:
+        marks.violations.append(f"{len(orphans)} orphaned seat(s) still pending {waited:.0f} s "
+                                f"after the kill")
+    marks.notes["orphans cleared s after the kill"] = round(waited, 2)
+
+
+async def _written(pool: asyncpg.Pool, marks: list[tuple[int, str]]) -> set[tuple[int, str]]:
+    if not marks:
+        return set()
+    rows = await pool.fetch(
+        "SELECT course_id, resident_id FROM bookings WHERE status = 'confirmed' "
+        "AND (course_id, resident_id) IN (SELECT * FROM unnest($1::bigint[], $2::text[]))",
+        [c for c, _ in marks], [r for _, r in marks])
+    return {(row[0], row[1]) for row in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    inject: Inject
+    expect: Expect
+    reconcile_cli: bool = False  # run `booking reconcile` before the final check
+
+
+def scenarios(plan: Plan) -> dict[str, Scenario]:
+    slow_bound = STATEMENT_TIMEOUT_MS / 1000 + DEFAULT_DEADLINE_S + 3
+    return {
+        "redis": Scenario(redis_restart, Expect(), reconcile_cli=True),
+        "postgres": Scenario(postgres_restart, Expect()),
+        "worker": Scenario(worker_killed, Expect(unavailable_during=False, not_ready_during=False,
+                                                 transport_errors_within_s=3.0)),
+        # SELECT 1 does not touch the locked table: the service is ready, only slow to book.
+        "slow": Scenario(slow_postgres, Expect(max_latency_s=slow_bound, not_ready_during=False)),
+    }
+
+
+SCENARIO_NAMES = tuple(scenarios(Plan()))  # in the order `--scenario all` runs them
