@@ -1,6 +1,33 @@
--- The whole booking database. Safe to apply twice: every statement is IF NOT EXISTS or OR REPLACE.
--- Postgres is the ledger and the backstop: the constraints below hold even if the Redis gate
--- were bypassed.
+-- The whole booking database as it is today, for a fresh database. Safe to apply twice: every
+-- statement is IF NOT EXISTS or OR REPLACE. Postgres is the ledger and the backstop: the
+-- constraints below hold even if the Redis gate were bypassed.
+--
+-- Changes go in a new numbered file of booking/core/migrations/ AND here: `booking db upgrade`
+-- (and `booking serve`) applies this file to an empty database and the missing migrations to any
+-- other; tests/test_migrations.py proves both roads give the same schema.
+
+-- Active = confirmed or held: both hold a seat. A booking of a paid course starts `held` until
+-- its payment arrives or `expires_at` passes (then `expired`); a free course confirms at once.
+-- Every rule about active bookings and holds uses these functions, never its own spelling.
+-- (Simple SQL functions: the planner inlines them, so index predicates still match.)
+CREATE OR REPLACE FUNCTION booking_active(status text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT status IN ('confirmed', 'held')
+$$;
+-- How long a new booking of a course is held: 0 for a free course, hold_minutes for a paid one.
+CREATE OR REPLACE FUNCTION course_hold_s(price_cents integer, hold_minutes integer)
+RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN price_cents > 0 THEN hold_minutes * 60 ELSE 0 END
+$$;
+-- A new booking's status and expiry, from its course's hold seconds (course_hold_s).
+CREATE OR REPLACE FUNCTION new_booking_status(hold_s integer) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN hold_s > 0 THEN 'held' ELSE 'confirmed' END
+$$;
+CREATE OR REPLACE FUNCTION new_booking_expiry(hold_s integer) RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN hold_s > 0 THEN now() + make_interval(secs => hold_s) END
+$$;
 
 CREATE TABLE IF NOT EXISTS venues (
     id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -29,13 +56,16 @@ CREATE TABLE IF NOT EXISTS courses (
     active_bookings integer NOT NULL DEFAULT 0,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
+    hold_minutes    integer NOT NULL DEFAULT 10,  -- how long a hold of a paid course lasts
+    cancel_deadline timestamptz,  -- NULL: starts_at
     CONSTRAINT courses_capacity_range CHECK (capacity BETWEEN 0 AND 100000),
     CONSTRAINT courses_price_range CHECK (price_cents BETWEEN 0 AND 100000000),
     CONSTRAINT courses_status_known CHECK (status IN ('published', 'cancelled')),
     CONSTRAINT courses_ends_after_start CHECK (ends_at > starts_at),
     CONSTRAINT courses_sales_open_before_start CHECK (sales_open_at <= starts_at),
     CONSTRAINT courses_not_oversold CHECK (active_bookings <= capacity),
-    CONSTRAINT courses_active_not_negative CHECK (active_bookings >= 0)
+    CONSTRAINT courses_active_not_negative CHECK (active_bookings >= 0),
+    CONSTRAINT courses_hold_minutes_range CHECK (hold_minutes BETWEEN 1 AND 1440)
 );
 CREATE INDEX IF NOT EXISTS courses_by_venue ON courses (venue_id);
 CREATE INDEX IF NOT EXISTS courses_by_category ON courses (category);
@@ -50,34 +80,12 @@ CREATE TABLE IF NOT EXISTS bookings (
     expires_at   timestamptz,
     paid_at      timestamptz,
     CONSTRAINT bookings_status_known
-        CHECK (status IN ('confirmed', 'held', 'cancelled', 'expired'))
+        CHECK (status IN ('confirmed', 'held', 'cancelled', 'expired')),
+    CONSTRAINT bookings_held_expires CHECK (status <> 'held' OR expires_at IS NOT NULL)
 );
--- The columns and rules below came after the first release; the ALTERs and the DO block bring
--- an older database up to date. A booking of a paid course starts `held` until its payment arrives or `expires_at` passes
--- (then `expired`). Active = confirmed or held: both hold a seat.
-ALTER TABLE bookings ADD COLUMN IF NOT EXISTS expires_at timestamptz;
-ALTER TABLE bookings ADD COLUMN IF NOT EXISTS paid_at timestamptz;
-ALTER TABLE courses ADD COLUMN IF NOT EXISTS hold_minutes integer NOT NULL DEFAULT 10;
-ALTER TABLE courses ADD COLUMN IF NOT EXISTS cancel_deadline timestamptz;  -- NULL: starts_at
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'bookings_status_known'
-                   AND pg_get_constraintdef(oid) LIKE '%held%') THEN
-        ALTER TABLE bookings DROP CONSTRAINT IF EXISTS bookings_status_known;
-        ALTER TABLE bookings ADD CONSTRAINT bookings_status_known
-            CHECK (status IN ('confirmed', 'held', 'cancelled', 'expired'));
-        DROP INDEX IF EXISTS bookings_one_active_per_resident;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'bookings_held_expires') THEN
-        ALTER TABLE bookings ADD CONSTRAINT bookings_held_expires
-            CHECK (status <> 'held' OR expires_at IS NOT NULL);
-        ALTER TABLE courses ADD CONSTRAINT courses_hold_minutes_range
-            CHECK (hold_minutes BETWEEN 1 AND 1440);
-    END IF;
-END $$;
 -- No duplicates: at most one active booking per (course, resident).
 CREATE UNIQUE INDEX IF NOT EXISTS bookings_one_active_per_resident
-    ON bookings (course_id, resident_id) WHERE status IN ('confirmed', 'held');
+    ON bookings (course_id, resident_id) WHERE booking_active(status);
 CREATE INDEX IF NOT EXISTS bookings_by_resident ON bookings (resident_id, created_at);
 CREATE INDEX IF NOT EXISTS bookings_held_by_expiry ON bookings (expires_at) WHERE status = 'held';
 
@@ -95,20 +103,20 @@ BEGIN
         SELECT array_agg(course_id ORDER BY course_id), array_agg(n ORDER BY course_id)
           INTO ids, deltas
           FROM (SELECT course_id, count(*)::integer AS n FROM new_rows
-                 WHERE status IN ('confirmed', 'held') GROUP BY course_id) per_course;
+                 WHERE booking_active(status) GROUP BY course_id) per_course;
     ELSIF TG_OP = 'UPDATE' THEN
         SELECT array_agg(course_id ORDER BY course_id), array_agg(n ORDER BY course_id)
           INTO ids, deltas
           FROM (SELECT course_id, sum(d)::integer AS n FROM (
-                    SELECT course_id, 1 AS d FROM new_rows WHERE status IN ('confirmed', 'held')
+                    SELECT course_id, 1 AS d FROM new_rows WHERE booking_active(status)
                     UNION ALL
-                    SELECT course_id, -1 FROM old_rows WHERE status IN ('confirmed', 'held')
+                    SELECT course_id, -1 FROM old_rows WHERE booking_active(status)
                 ) changes GROUP BY course_id HAVING sum(d) <> 0) per_course;
     ELSE
         SELECT array_agg(course_id ORDER BY course_id), array_agg(n ORDER BY course_id)
           INTO ids, deltas
           FROM (SELECT course_id, -count(*)::integer AS n FROM old_rows
-                 WHERE status IN ('confirmed', 'held') GROUP BY course_id) per_course;
+                 WHERE booking_active(status) GROUP BY course_id) per_course;
     END IF;
     FOR i IN 1 .. coalesce(array_length(ids, 1), 0) LOOP
         -- After waiting for the row, UPDATE sees the latest status: a grab that raced the

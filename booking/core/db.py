@@ -1,4 +1,4 @@
-"""Postgres: the connection pool and the schema."""
+"""Postgres: the connection pool and the schema (migrations: booking/core/migrations)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ STATEMENT_TIMEOUT_MS = 5_000
 
 
 def schema_sql() -> str:
-    """schema.sql from the repository (editable install) or from the installed package."""
+    """schema.sql (the whole current schema, for an empty database) from the repository
+    (editable install) or from the installed package."""
     beside_repo = Path(__file__).resolve().parent.parent.parent / "schema.sql"
     if beside_repo.exists():
         return beside_repo.read_text()
@@ -31,10 +32,6 @@ async def create_pool(database_url: str, size: int,
 
 
 async def is_empty(conn: asyncpg.Connection) -> bool:
+    """No booking tables yet (a database made before migrations has them)."""
     return await conn.fetchval("SELECT to_regclass('bookings') IS NULL")
 
-
-async def apply_schema(conn: asyncpg.Connection) -> None:
-    """Apply schema.sql; safe on a database that already has it."""
-    await conn.execute("SET client_min_messages = warning")
-    await conn.execute(schema_sql())

@@ -1,12 +1,20 @@
-"""A demo term: 26 teaching points, 60 courses, a few very hot ones, sales opening soon."""
+"""A demo term: 26 teaching points, 60 courses, a few very hot ones, sales opening soon.
+
+`booking serve --demo` loads it (`load_demo`), prints how to try it (`print_demo`) and lets a
+simulated crowd rush the hot courses at the opening (`start_crowd`).
+"""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from booking.core.settings import Settings
 
 DISTRICTS = ["东城 Dongcheng", "西城 Xicheng", "朝阳 Chaoyang", "海淀 Haidian",
              "丰台 Fengtai", "石景山 Shijingshan"]
@@ -124,3 +132,38 @@ async def run_crowd(base_url: str, secret: str, term: DemoTerm, residents: int) 
         print(f"[demo] Rush over in {time.monotonic() - started:.1f} s. Answers: {outcomes}; "
               f"{HOT_SEATS * len(term.hot_course_ids)} hot seats, seats left now {left}.",
               flush=True)
+
+
+def start_crowd(settings: Settings, term: DemoTerm, residents: int) -> None:
+    """The demo's crowd runs beside the server, in a thread of its own."""
+    import asyncio
+    import threading
+
+    base = f"http://127.0.0.1:{settings.port}"
+    threading.Thread(target=lambda: asyncio.run(run_crowd(base, settings.secret, term, residents)),
+                     name="demo-crowd", daemon=True).start()
+
+
+def print_demo(settings: Settings, term: DemoTerm) -> None:
+    """The start-up text of a demo: a resident token and the curl lines to grab a seat."""
+    from booking.core.auth import mint
+
+    base = f"http://{settings.host}:{settings.port}"
+    resident = mint(settings.secret, "resident", "demo-resident-1")
+    hot = term.hot_course_ids[0] if term.hot_course_ids else 1
+    paid = term.paid_course_id or hot
+    state = "loaded" if term.loaded else "already present, kept as it was"
+    print(f"""
+Demo term {state}. Sales open at {term.opens_at:%H:%M:%S} UTC (hot courses: {term.hot_course_ids}).
+  export TOKEN={resident}
+  curl -s {base}/v1/courses?available=true
+  curl -s {base}/v1/courses/{hot}
+  curl -s -X POST {base}/v1/courses/{hot}/bookings -H "Authorization: Bearer $TOKEN"
+  curl -s {base}/v1/me/bookings -H "Authorization: Bearer $TOKEN"
+Once the hot course is sold out, wait for a seat (a cancelled one comes to you by itself):
+  curl -s -X POST {base}/v1/courses/{hot}/waitlist -H "Authorization: Bearer $TOKEN"
+A paid course (course {paid}) holds your seat for 10 minutes; play the payment provider:
+  curl -s -X POST {base}/v1/courses/{paid}/bookings -H "Authorization: Bearer $TOKEN"
+  booking pay --url {base} <booking id from that answer>
+More tokens: booking token resident <id> | booking token venue <venue id> | booking token operator
+""", flush=True)

@@ -1,0 +1,185 @@
+-- Migration 0001: the schema as it was when numbered migrations began (schema.sql of that
+-- day, verbatim). Idempotent: it is what brings a database made before migrations, even one
+-- made before holds existed, up to that schema.
+--
+-- The whole booking database. Safe to apply twice: every statement is IF NOT EXISTS or OR REPLACE.
+-- Postgres is the ledger and the backstop: the constraints below hold even if the Redis gate
+-- were bypassed.
+
+CREATE TABLE IF NOT EXISTS venues (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name       text NOT NULL,
+    district   text NOT NULL,
+    address    text NOT NULL,
+    lat        double precision NOT NULL CHECK (lat BETWEEN -90 AND 90),
+    lon        double precision NOT NULL CHECK (lon BETWEEN -180 AND 180),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS courses (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    venue_id        bigint NOT NULL REFERENCES venues (id),
+    title           text NOT NULL,
+    category        text NOT NULL,
+    teacher         text NOT NULL,
+    description     text NOT NULL DEFAULT '',
+    starts_at       timestamptz NOT NULL,
+    ends_at         timestamptz NOT NULL,
+    capacity        integer NOT NULL,
+    price_cents     integer NOT NULL DEFAULT 0,
+    sales_open_at   timestamptz NOT NULL,
+    status          text NOT NULL DEFAULT 'published',
+    -- kept by the triggers below; never written by the application
+    active_bookings integer NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT courses_capacity_range CHECK (capacity BETWEEN 0 AND 100000),
+    CONSTRAINT courses_price_range CHECK (price_cents BETWEEN 0 AND 100000000),
+    CONSTRAINT courses_status_known CHECK (status IN ('published', 'cancelled')),
+    CONSTRAINT courses_ends_after_start CHECK (ends_at > starts_at),
+    CONSTRAINT courses_sales_open_before_start CHECK (sales_open_at <= starts_at),
+    CONSTRAINT courses_not_oversold CHECK (active_bookings <= capacity),
+    CONSTRAINT courses_active_not_negative CHECK (active_bookings >= 0)
+);
+CREATE INDEX IF NOT EXISTS courses_by_venue ON courses (venue_id);
+CREATE INDEX IF NOT EXISTS courses_by_category ON courses (category);
+
+CREATE TABLE IF NOT EXISTS bookings (
+    id           uuid PRIMARY KEY,
+    course_id    bigint NOT NULL REFERENCES courses (id),
+    resident_id  text NOT NULL,
+    status       text NOT NULL DEFAULT 'confirmed',
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    cancelled_at timestamptz,
+    expires_at   timestamptz,
+    paid_at      timestamptz,
+    CONSTRAINT bookings_status_known
+        CHECK (status IN ('confirmed', 'held', 'cancelled', 'expired'))
+);
+-- The columns and rules below came after the first release; the ALTERs and the DO block bring
+-- an older database up to date. A booking of a paid course starts `held` until its payment arrives or `expires_at` passes
+-- (then `expired`). Active = confirmed or held: both hold a seat.
+ALTER TABLE bookings ADD COLUMN IF NOT EXISTS expires_at timestamptz;
+ALTER TABLE bookings ADD COLUMN IF NOT EXISTS paid_at timestamptz;
+ALTER TABLE courses ADD COLUMN IF NOT EXISTS hold_minutes integer NOT NULL DEFAULT 10;
+ALTER TABLE courses ADD COLUMN IF NOT EXISTS cancel_deadline timestamptz;  -- NULL: starts_at
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'bookings_status_known'
+                   AND pg_get_constraintdef(oid) LIKE '%held%') THEN
+        ALTER TABLE bookings DROP CONSTRAINT IF EXISTS bookings_status_known;
+        ALTER TABLE bookings ADD CONSTRAINT bookings_status_known
+            CHECK (status IN ('confirmed', 'held', 'cancelled', 'expired'));
+        DROP INDEX IF EXISTS bookings_one_active_per_resident;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'bookings_held_expires') THEN
+        ALTER TABLE bookings ADD CONSTRAINT bookings_held_expires
+            CHECK (status <> 'held' OR expires_at IS NOT NULL);
+        ALTER TABLE courses ADD CONSTRAINT courses_hold_minutes_range
+            CHECK (hold_minutes BETWEEN 1 AND 1440);
+    END IF;
+END $$;
+-- No duplicates: at most one active booking per (course, resident).
+CREATE UNIQUE INDEX IF NOT EXISTS bookings_one_active_per_resident
+    ON bookings (course_id, resident_id) WHERE status IN ('confirmed', 'held');
+CREATE INDEX IF NOT EXISTS bookings_by_resident ON bookings (resident_id, created_at);
+CREATE INDEX IF NOT EXISTS bookings_held_by_expiry ON bookings (expires_at) WHERE status = 'held';
+
+-- No oversell: courses.active_bookings follows the bookings table statement by statement, and
+-- the courses_not_oversold check refuses any statement that would pass capacity. Course rows are
+-- updated in id order, so concurrent multi-course batches never deadlock.
+CREATE OR REPLACE FUNCTION bookings_apply_active_delta() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    ids           bigint[];
+    deltas        integer[];
+    course_status text;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(course_id ORDER BY course_id), array_agg(n ORDER BY course_id)
+          INTO ids, deltas
+          FROM (SELECT course_id, count(*)::integer AS n FROM new_rows
+                 WHERE status IN ('confirmed', 'held') GROUP BY course_id) per_course;
+    ELSIF TG_OP = 'UPDATE' THEN
+        SELECT array_agg(course_id ORDER BY course_id), array_agg(n ORDER BY course_id)
+          INTO ids, deltas
+          FROM (SELECT course_id, sum(d)::integer AS n FROM (
+                    SELECT course_id, 1 AS d FROM new_rows WHERE status IN ('confirmed', 'held')
+                    UNION ALL
+                    SELECT course_id, -1 FROM old_rows WHERE status IN ('confirmed', 'held')
+                ) changes GROUP BY course_id HAVING sum(d) <> 0) per_course;
+    ELSE
+        SELECT array_agg(course_id ORDER BY course_id), array_agg(n ORDER BY course_id)
+          INTO ids, deltas
+          FROM (SELECT course_id, -count(*)::integer AS n FROM old_rows
+                 WHERE status IN ('confirmed', 'held') GROUP BY course_id) per_course;
+    END IF;
+    FOR i IN 1 .. coalesce(array_length(ids, 1), 0) LOOP
+        -- After waiting for the row, UPDATE sees the latest status: a grab that raced the
+        -- course's cancellation is refused here, not left as a booking of a cancelled course.
+        UPDATE courses SET active_bookings = active_bookings + deltas[i] WHERE id = ids[i]
+            RETURNING status INTO course_status;
+        IF deltas[i] > 0 AND course_status = 'cancelled' THEN
+            RAISE EXCEPTION 'course % is cancelled', ids[i]
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'courses_cancelled_take_no_bookings';
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER bookings_count_inserted AFTER INSERT ON bookings
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION bookings_apply_active_delta();
+CREATE OR REPLACE TRIGGER bookings_count_updated AFTER UPDATE ON bookings
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION bookings_apply_active_delta();
+CREATE OR REPLACE TRIGGER bookings_count_deleted AFTER DELETE ON bookings
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION bookings_apply_active_delta();
+
+-- The waitlist: `id` is the order of arrival. A freed seat goes to the first `waiting` row (the
+-- gate pops it from its own copy in Redis in the step that frees the seat); the promotion writes
+-- the booking, marks the row `promoted` and adds an outbox row in one transaction.
+CREATE TABLE IF NOT EXISTS waitlist (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    course_id   bigint NOT NULL REFERENCES courses (id),
+    resident_id text NOT NULL,
+    status      text NOT NULL DEFAULT 'waiting',
+    booking_id  uuid,  -- the booking a promotion gave
+    joined_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz,
+    CONSTRAINT waitlist_status_known CHECK (status IN ('waiting', 'promoted', 'left', 'cleared'))
+);
+CREATE UNIQUE INDEX IF NOT EXISTS waitlist_one_place_per_resident
+    ON waitlist (course_id, resident_id) WHERE status = 'waiting';
+CREATE INDEX IF NOT EXISTS waitlist_queue ON waitlist (course_id, id) WHERE status = 'waiting';
+
+-- Payment callbacks, one row per provider reference: the same callback twice finds its row and
+-- gets the same answer. `outcome`: confirmed, refund_due (paid too late or twice) or
+-- amount_mismatch.
+CREATE TABLE IF NOT EXISTS payments (
+    provider_ref text PRIMARY KEY,
+    booking_id   uuid NOT NULL REFERENCES bookings (id),
+    amount_cents bigint NOT NULL,
+    outcome      text NOT NULL,
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT payments_outcome_known
+        CHECK (outcome IN ('confirmed', 'refund_due', 'amount_mismatch'))
+);
+CREATE INDEX IF NOT EXISTS payments_refunds_due ON payments (received_at)
+    WHERE outcome = 'refund_due';
+
+-- Notifications to residents, written in the transaction that caused them and delivered by the
+-- outbox dispatcher (booking/outbox.py); `sent_at` is set once the receiver accepted it.
+CREATE TABLE IF NOT EXISTS outbox (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind            text NOT NULL,
+    resident_id     text NOT NULL,
+    payload         jsonb NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_error      text,
+    sent_at         timestamptz
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_at, id) WHERE sent_at IS NULL;

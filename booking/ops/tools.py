@@ -1,0 +1,89 @@
+"""Small operator commands: `booking db upgrade` (alias `db init`), `booking token`,
+`booking reconcile`; and the two start-up steps `booking serve` shares with them.
+
+The seat gate is imported inside the functions: it loads prometheus_client, which `booking
+serve` must import only after it has named the metrics folder."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import TYPE_CHECKING
+
+from booking.core.settings import Settings
+from booking.core.stores import Stores, connected, running
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from booking.seats.reconcile import ReconcileReport
+
+
+def db_upgrade(_: argparse.Namespace) -> int:
+    """Create the schema on an empty database, or apply the migrations it lacks."""
+    async def run(settings: Settings) -> None:
+        async with connected(settings) as stores, stores.pool.acquire() as conn:
+            await upgrade_schema(conn)
+
+    with running(Settings.from_env()) as ready:
+        asyncio.run(run(ready))
+    return 0
+
+
+async def upgrade_schema(conn: asyncpg.Connection) -> list[str]:
+    """Bring the database to the current schema and say what that took."""
+    from booking.core.db import is_empty
+    from booking.core.migrations import migrations, upgrade
+
+    empty = await is_empty(conn)
+    applied = await upgrade(conn)
+    if empty and applied:
+        print(f"Empty database: applied schema.sql; recorded {', '.join(applied)}.")
+    else:
+        for label in applied:
+            print(f"Applied migration {label}.")
+    print(f"Schema up to date: {migrations()[-1].label}.", flush=True)
+    return applied
+
+
+async def rebuild_gate(stores: Stores, settings: Settings) -> ReconcileReport:
+    """Every course's Redis seat counters rebuilt from Postgres."""
+    from booking.seats import SeatGate
+    from booking.seats.reconcile import reconcile_all
+
+    return await reconcile_all(stores.pool, SeatGate(stores.redis), settings.pending_timeout_s)
+
+
+def reconcile(_: argparse.Namespace) -> int:
+    async def run(settings: Settings) -> ReconcileReport:
+        async with connected(settings) as stores:
+            return await rebuild_gate(stores, settings)
+
+    with running(Settings.from_env()) as ready:
+        report = asyncio.run(run(ready))
+    print(f"Reconciled {report.courses} courses: {report.restored} bookings restored, "
+          f"{report.given_back} seats given back.")
+    return 0
+
+
+def token(args: argparse.Namespace) -> int:
+    from booking.core.auth import mint
+
+    settings = Settings.from_env()
+    if args.role == "operator":
+        print(mint(settings.secret, "operator", args.id or "operator", days=args.days))
+        return 0
+    if not args.id:
+        print(f"booking: a {args.role} token needs an id, e.g. `booking token {args.role} 1`.",
+              file=sys.stderr)
+        return 2
+    if args.role == "venue":
+        if not args.id.isdigit() or int(args.id) < 1:
+            print("booking: a venue id is a positive whole number.", file=sys.stderr)
+            return 2
+        print(mint(settings.secret, "venue", f"venue-{args.id}", venue_id=int(args.id),
+                   days=args.days))
+        return 0
+    print(mint(settings.secret, "resident", args.id, days=args.days))
+    return 0
