@@ -64,7 +64,7 @@ class Grabbed:
 
 
 COLUMNS = "id::text AS id, course_id, resident_id, status, created_at, expires_at"
-ACTIVE = "status IN ('confirmed', 'held')"
+ACTIVE = "booking_active(status)"
 SELECT_BOOKING = f"SELECT {COLUMNS} FROM bookings WHERE id = $1"
 SELECT_ACTIVE = f"""
 SELECT {COLUMNS} FROM bookings WHERE course_id = $1 AND resident_id = $2 AND {ACTIVE}
@@ -81,9 +81,9 @@ FROM bookings b JOIN courses c ON c.id = b.course_id WHERE b.id = $1 AND b.resid
 """
 INSERT_SWAPPED = f"""
 INSERT INTO bookings (id, course_id, resident_id, status, expires_at)
-SELECT $1, c.id, $3, CASE WHEN c.price_cents > 0 THEN 'held' ELSE 'confirmed' END,
-       CASE WHEN c.price_cents > 0 THEN now() + make_interval(mins => c.hold_minutes) END
-FROM courses c WHERE c.id = $2 AND c.status = 'published'
+SELECT $1, c.id, $3, new_booking_status(hold.s), new_booking_expiry(hold.s)
+FROM courses c, course_hold_s(c.price_cents, c.hold_minutes) AS hold(s)
+WHERE c.id = $2 AND c.status = 'published'
 RETURNING {COLUMNS}
 """
 MY_BOOKINGS = f"""

@@ -98,7 +98,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id
 """
 CANCEL_COURSE_BOOKINGS = """
 UPDATE bookings SET status = 'cancelled', cancelled_at = now()
-WHERE course_id = $1 AND status IN ('confirmed', 'held') RETURNING id::text, resident_id
+WHERE course_id = $1 AND booking_active(status) RETURNING id::text, resident_id
 """
 CLEAR_WAITLIST = """
 UPDATE waitlist SET status = 'cleared', updated_at = now()

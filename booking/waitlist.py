@@ -50,7 +50,7 @@ RETURNING course_id, resident_id, status, joined_at
 """
 HOLDS_A_SEAT = """
 SELECT 1 FROM bookings WHERE course_id = $1 AND resident_id = $2
-  AND status IN ('confirmed', 'held')
+  AND booking_active(status)
 """
 
 def entry_out(row: asyncpg.Record) -> WaitlistEntryOut:

@@ -25,11 +25,9 @@ WITH place AS (
     FROM courses c
     WHERE w.id = $4 AND w.course_id = $2 AND w.resident_id = $3 AND w.status = 'waiting'
       AND c.id = w.course_id AND c.status = 'published'
-    RETURNING c.id, c.price_cents, c.hold_minutes)
+    RETURNING c.id, course_hold_s(c.price_cents, c.hold_minutes) AS hold_s)
 INSERT INTO bookings (id, course_id, resident_id, status, expires_at)
-SELECT $1, id, $3,
-       CASE WHEN price_cents > 0 THEN 'held' ELSE 'confirmed' END,
-       CASE WHEN price_cents > 0 THEN now() + make_interval(mins => hold_minutes) END
+SELECT $1, id, $3, new_booking_status(hold_s), new_booking_expiry(hold_s)
 FROM place
 RETURNING id::text, course_id, resident_id, status, expires_at
 """

@@ -19,12 +19,12 @@ from booking.seats import CourseGateState, SeatGate, SyncResult
 
 COURSE_STATE = """
 SELECT capacity, status, (extract(epoch FROM sales_open_at) * 1000)::bigint AS opens_at_ms,
-       CASE WHEN price_cents > 0 THEN hold_minutes * 60 ELSE 0 END AS hold_s
+       course_hold_s(price_cents, hold_minutes) AS hold_s
 FROM courses WHERE id = $1
 """
 ACTIVE_BOOKINGS = """
 SELECT resident_id, id::text FROM bookings
-WHERE course_id = $1 AND status IN ('confirmed', 'held')
+WHERE course_id = $1 AND booking_active(status)
 """
 WAITING = "SELECT resident_id, id FROM waitlist WHERE course_id = $1 AND status = 'waiting'"
 ALL_COURSE_IDS = "SELECT id FROM courses ORDER BY id"

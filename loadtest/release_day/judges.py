@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 from locust.contrib.fasthttp import FastResponse
 
+from booking.ledger.states import is_active
+
 DOMAIN_409 = {"sold_out", "not_open", "course_cancelled"}
 WAITLIST_409 = {"seats_available", "already_booked", "course_cancelled"}
 SWAP_409 = {"sold_out", "not_open", "already_booked", "same_course", "not_active",
@@ -103,7 +105,7 @@ def judge_grab(response: FastResponse, course_id: int, paid: bool) -> Judged[Gra
 
 def seat_after(seat: Seat, booking_status: str) -> Seat | None:
     """The seat as a payment answer describes its booking; None once it holds no seat."""
-    if booking_status not in ("confirmed", "held"):
+    if not is_active(booking_status):
         return None
     return Seat(seat.booking_id, seat.course_id, held=booking_status == "held")
 
