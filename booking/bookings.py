@@ -120,7 +120,8 @@ async def limit_grabs(limiter: RateLimiter, resident_id: str, address: str) -> A
 async def grab(seats: Seats, ledger: BookingLedger, pool: asyncpg.Pool, course_id: int,
                resident_id: str) -> Grabbed | ApiError:
     """Take a seat and write the booking; or the booking already held; or why not. Refusals
-    are returned, not raised: on release night almost every answer is one."""
+    are returned, not raised (on release night almost every answer is one, and raising costs
+    more than the rest of a sold-out answer); only a store that fails raises."""
     booking_id = str(uuid.uuid4())
     decision = await seats.take(course_id, resident_id, booking_id)
     GRABS.labels(decision.outcome.value).inc()
@@ -133,7 +134,7 @@ async def grab(seats: Seats, ledger: BookingLedger, pool: asyncpg.Pool, course_i
 
 
 async def _commit(seats: Seats, ledger: BookingLedger, pool: asyncpg.Pool, course_id: int,
-                  resident_id: str, booking_id: str, hold_s: int) -> Grabbed:
+                  resident_id: str, booking_id: str, hold_s: int) -> Grabbed | ApiError:
     """Write the row the gate allowed (a hold on a paid course). A failed write has given its
     seat back (see BookingLedger.record); a refusal by Postgres means the gate was wrong about
     the course, so it is reloaded and the answer is the ledger's."""
@@ -145,20 +146,23 @@ async def _commit(seats: Seats, ledger: BookingLedger, pool: asyncpg.Pool, cours
     except CommitFailed as exc:
         log.warning("booking %s not committed: %s", booking_id, exc)
         GRABS.labels("not_committed").inc()
-        if exc.constraint is None:
-            raise Unavailable(NOT_SAVED) from exc
-        await seats.loader.load(course_id)
-        if exc.constraint == "courses_not_oversold":
-            raise SOLD_OUT.again() from exc
-        if exc.constraint == "courses_cancelled_take_no_bookings":
-            raise COURSE_CANCELLED.again() from exc
-        row = await pool.fetchrow(SELECT_ACTIVE, course_id, resident_id)
-        if row is None:
-            raise Unavailable(NOT_SAVED) from exc
-        return Grabbed(booking_out(row), new=False)
+        return await _ledger_refusal(seats, pool, course_id, resident_id, exc.constraint)
     body = BookingOut(booking_id, course_id, resident_id, new.status, created_at,
                       new.expires_at)
     return Grabbed(body, new=True)
+
+
+async def _ledger_refusal(seats: Seats, pool: asyncpg.Pool, course_id: int, resident_id: str,
+                          constraint: str | None) -> Grabbed | ApiError:
+    if constraint is None:
+        return Unavailable(NOT_SAVED)
+    await seats.loader.load(course_id)
+    if constraint == "courses_not_oversold":
+        return SOLD_OUT
+    if constraint == "courses_cancelled_take_no_bookings":
+        return COURSE_CANCELLED
+    row = await pool.fetchrow(SELECT_ACTIVE, course_id, resident_id)  # a twin was faster
+    return Unavailable(NOT_SAVED) if row is None else Grabbed(booking_out(row), new=False)
 
 
 async def _held_booking(pool: asyncpg.Pool, booking_id: str) -> BookingOut:
