@@ -180,7 +180,7 @@ async def grab(http: httpx.AsyncClient, course_id: int, who: str) -> httpx.Respo
 async def active_rows(db: asyncpg.Pool, course_id: int) -> int:
     """Bookings holding a seat: confirmed ones and holds of a paid course."""
     return await db.fetchval("SELECT count(*) FROM bookings WHERE course_id = $1 "
-                             "AND status IN ('confirmed', 'held')", course_id)
+                             "AND booking_active(status)", course_id)
 
 
 async def cancel(http: httpx.AsyncClient, booking_id: str, who: str) -> httpx.Response:
@@ -220,8 +220,8 @@ async def wait_for(predicate: Any, timeout: float = 20.0) -> None:
 class SweeperPaused:
     """`async with SweeperPaused(redis):` holds the sweeper's round lock, so that no round of any
     service process expires, resyncs or promotes over damage a test made on purpose before the
-    test has looked at it. Taking the lock means the last round started at least its 0.9 s lock
-    time ago (rounds of a test database take a few milliseconds)."""
+    test has looked at it. A round holds that lock from its start to its end, so taking it
+    means no round is running (see booking/lifecycle/sweeper.py)."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 
 import asyncpg
 
@@ -23,23 +24,48 @@ log = logging.getLogger("booking.sweeper")
 RECONCILER_LOCK = "booking:reconciler-lock"
 FULL_ROUND_MARK = "booking:reconciler-full-round"
 FULL_ROUND_EVERY = 10  # rounds
+# At the end of a round: if the lock is still ours, keep it until the round's pace is over
+# (ARGV[2], ms since the epoch), or drop it if that moment has passed.
+_END_ROUND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+if tonumber(ARGV[2]) > now_ms then
+    redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+else
+    redis.call('DEL', KEYS[1])
+end
+return 1
+"""
 
 
 async def sweep_forever(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: float,
                         interval_s: float) -> None:
     """Give back seats whose grab or cancel never finished (a worker died mid-way).
 
-    Every worker runs this loop; a short Redis lock lets one of them do each round. A round
+    Every worker runs this loop; a Redis lock lets one of them do each round. A round
     expires lapsed holds, looks at the courses holding stale pending marks (every tenth round
     or so is a full one over all courses, a safety net for whatever a pending mark did not
-    cover), and hands free seats to residents waiting."""
+    cover), and hands free seats to residents waiting.
+
+    The lock is held for the whole round and then until 0.9 intervals after the round began,
+    so rounds keep their pace across workers, and whoever holds the lock knows that no round
+    is running (tests pause the sweeper that way)."""
+    end_round = gate.redis.register_script(_END_ROUND)
     while True:
         await asyncio.sleep(interval_s)
         try:
-            if not await gate.redis.set(RECONCILER_LOCK, "1", nx=True,
-                                        px=int(interval_s * 900)):
+            token = uuid.uuid4().hex
+            paced_until_ms = int((time.time() + interval_s * 0.9) * 1000)
+            # A round still running after the pending timeout is presumed dead (its worker
+            # was killed): the lock lapses and another worker takes over.
+            longest_ms = int(max(interval_s * 900, pending_timeout_s * 1000))
+            if not await gate.redis.set(RECONCILER_LOCK, token, nx=True, px=longest_ms):
                 continue
-            await _sweep_round(pool, gate, pending_timeout_s, interval_s)
+            try:
+                await _sweep_round(pool, gate, pending_timeout_s, interval_s)
+            finally:
+                await end_round(keys=[RECONCILER_LOCK], args=[token, paced_until_ms])
         except asyncio.CancelledError:
             raise
         except Exception as exc:
