@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
+import httpx
 import jwt
 import pytest
 from conftest import (
@@ -22,22 +26,58 @@ from conftest import (
     unique,
 )
 
+ONE_MS = timedelta(milliseconds=1)
+
 
 async def test_grab_before_sales_open_says_when(http):
     course = await make_course(http, capacity=5, opens_in_s=3600)
+    sent = time.time()
     answer = await grab(http, course["id"], unique("early-bird"))
+    received = time.time()
     assert answer.status_code == 409
     assert answer.json()["code"] == "not_open"
-    assert answer.json()["opens_at"].startswith(course["sales_open_at"][:16])
-    assert 3500 <= int(answer.headers["retry-after"]) <= 3600
+    opens_at = datetime.fromisoformat(answer.json()["opens_at"])
+    assert abs(opens_at - datetime.fromisoformat(course["sales_open_at"])) <= ONE_MS
+    # Seconds until the opening, as the server counted them between our sending and receiving.
+    opens = opens_at.timestamp()
+    assert math.ceil(opens - received) <= int(answer.headers["retry-after"]) <= math.ceil(
+        opens - sent)
+
+
+async def grab_until_open(http, course_id: int, who: str) -> list[tuple[httpx.Response, float]]:
+    """Grab until the answer is no longer `not_open`, waiting each time until the opening the
+    server named has passed (polling from then on); every answer with when it arrived."""
+    answers: list[tuple[httpx.Response, float]] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        answer = await grab(http, course_id, who)
+        answers.append((answer, time.time()))
+        if answer.status_code != 409 or answer.json()["code"] != "not_open":
+            break
+        opens = datetime.fromisoformat(answer.json()["opens_at"]).timestamp()
+        await asyncio.sleep(min(max(opens - time.time(), 0.05), 1.0))
+    return answers
 
 
 async def test_sales_open_on_the_servers_clock(http):
-    course = await make_course(http, capacity=5, opens_in_s=1.5)
+    course = await make_course(http, capacity=5, opens_in_s=3600)
     who = unique("patient")
     assert (await grab(http, course["id"], who)).json()["code"] == "not_open"
-    await asyncio.sleep(2)
-    assert (await grab(http, course["id"], who)).status_code == 201
+    soon = datetime.now(UTC) + timedelta(seconds=2)
+    moved = await http.patch(f"/v1/courses/{course['id']}",
+                             json={"sales_open_at": soon.isoformat()}, headers=OPERATOR)
+    assert moved.status_code == 200, moved.text
+
+    *waited, (opened, opened_at) = await grab_until_open(http, course["id"], who)
+
+    assert opened.status_code == 201, opened.text
+    for answer, received in waited:  # refused only before the (moved) opening
+        assert answer.json()["code"] == "not_open"
+        opens_at = datetime.fromisoformat(answer.json()["opens_at"])
+        assert abs(opens_at - soon) <= ONE_MS
+        assert int(answer.headers["retry-after"]) >= max(1, math.ceil(
+            opens_at.timestamp() - received))
+    assert opened_at >= soon.timestamp() - ONE_MS.total_seconds()  # and taken only after it
 
 
 async def test_unknown_course_is_404(http):

@@ -38,12 +38,14 @@ async def test_a_paid_course_gives_a_hold_and_a_free_one_a_confirmed_booking(htt
     free = await make_course(http, capacity=3)
     who = unique("payer")
 
+    sent = datetime.now(UTC)
     held = (await grab(http, paid["id"], who)).json()
+    received = datetime.now(UTC)
     confirmed = (await grab(http, free["id"], who)).json()
 
-    assert held["status"] == "held"
-    expires_in = datetime.fromisoformat(held["expires_at"]) - datetime.now(UTC)
-    assert timedelta(minutes=14) < expires_in <= timedelta(minutes=15)
+    assert held["status"] == "held"  # for 15 minutes from the moment the seat was taken
+    expires_at = datetime.fromisoformat(held["expires_at"])
+    assert sent + timedelta(minutes=15) <= expires_at <= received + timedelta(minutes=15)
     assert confirmed["status"] == "confirmed" and confirmed["expires_at"] is None
     assert paid["hold_minutes"] == 15
 
@@ -91,8 +93,11 @@ async def test_an_unpaid_hold_lapses_and_a_late_payment_is_a_refund_not_a_seat(h
     async def expired() -> bool:
         return await booking_status(db, booking["id"]) == "expired"
 
-    await wait_for(expired, timeout=15)  # the sweeper runs every second in the tests
-    assert await gate_left(redis, course["id"]) == 1
+    async def seat_back() -> bool:  # the sweeper frees the seat after it wrote the expiry
+        return await gate_left(redis, course["id"]) == 1
+
+    await wait_for(expired)  # the sweeper runs every second in the tests
+    await wait_for(seat_back)
     late = await pay(http, booking["id"], PRICE)
     refunds = await http.get("/v1/payments/refunds", headers=OPERATOR)
 
@@ -104,32 +109,45 @@ async def test_an_unpaid_hold_lapses_and_a_late_payment_is_a_refund_not_a_seat(h
 
 async def test_payment_and_expiry_racing_for_the_same_hold_have_one_winner(http, db, redis,
                                                                            stores):
+    """Payments and expiry sweeps hit every hold at once; Postgres's clock, not who comes
+    first, decides: a hold that lapsed before its payment is never confirmed, one that did not
+    is never expired."""
     course = await make_course(http, capacity=40, price_cents=PRICE)
     holds = [(await grab(http, course["id"], unique("racer"))).json() for _ in range(40)]
-    ids = [uuid.UUID(h["id"]) for h in holds]
-    await db.execute("UPDATE bookings SET expires_at = now() + interval '300 milliseconds' "
-                     "WHERE id = ANY($1::uuid[])", ids)
+    lapsed, live = holds[::2], holds[1::2]
+    await db.execute(LAPSE, [uuid.UUID(h["id"]) for h in lapsed])
     gate = SeatGate(Redis.from_url(stores.redis_url, decode_responses=True))
+    paid = asyncio.Event()
 
-    async def expire_repeatedly() -> None:
-        for _ in range(40):
+    async def pay_all() -> list:
+        try:
+            return await asyncio.gather(*(pay(http, h["id"], PRICE) for h in holds))
+        finally:
+            paid.set()
+
+    async def expire_until_paid() -> int:  # sweeps before, among and after the payments
+        sweeps = 0
+        while not paid.is_set() or not sweeps:
             await expire_due_holds(db, gate)
-            await asyncio.sleep(0.01)
+            sweeps += 1
+        return sweeps
 
-    await asyncio.sleep(0.25)
-    answers, _ = await asyncio.gather(
-        asyncio.gather(*(pay(http, h["id"], PRICE) for h in holds)), expire_repeatedly())
-    await gate.redis.aclose()
+    try:
+        answers, _ = await asyncio.gather(pay_all(), expire_until_paid())
+    finally:
+        await gate.redis.aclose()
 
     for hold, answer in zip(holds, answers, strict=True):
-        status = await booking_status(db, hold["id"])
-        assert (answer.json()["outcome"], status) in {("confirmed", "confirmed"),
-                                                      ("refund_due", "expired")}, hold["id"]
-    confirmed = sum(a.json()["outcome"] == "confirmed" for a in answers)
-    assert await active_rows(db, course["id"]) == confirmed
-    assert await gate_left(redis, course["id"]) == 40 - confirmed
-    report = await check_invariants(db, redis, None)
-    assert not [v for v in report.violations if v.startswith(f"course {course['id']}:")]
+        expected = ("refund_due", "expired") if hold in lapsed else ("confirmed", "confirmed")
+        assert (answer.json()["outcome"], await booking_status(db, hold["id"])) == expected
+    assert await active_rows(db, course["id"]) == len(live)
+
+    async def seats_back() -> bool:  # a sweep of the service may still be freeing one
+        return await gate_left(redis, course["id"]) == len(lapsed)
+
+    await wait_for(seats_back)
+    report = await check_invariants(db, redis, None, course_ids=[course["id"]])
+    assert report.ok, report.violations
 
 
 async def test_a_sweep_killed_mid_round_loses_no_seat_and_promotes_nobody_twice(http, db, redis,
@@ -150,9 +168,8 @@ async def test_a_sweep_killed_mid_round_loses_no_seat_and_promotes_nobody_twice(
     await gate.redis.aclose()
 
     async def settled() -> bool:  # the service's own sweeper and reconciler finish the job
-        report = await check_invariants(db, redis, None)
-        return (await gate_left(redis, course["id"]) == 7
-                and not [v for v in report.violations if v.startswith(f"course {course['id']}:")])
+        report = await check_invariants(db, redis, None, course_ids=[course["id"]])
+        return await gate_left(redis, course["id"]) == 7 and report.ok
 
     await wait_for(settled, timeout=30)
     assert [await booking_status(db, h["id"]) for h in holds] == ["expired"] * 12

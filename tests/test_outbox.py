@@ -41,11 +41,13 @@ class Receiver:
 
     fail_first: int = 0
     stall_from: int | None = None  # 1-based number of the first request to stall
+    together: int = 0  # hold the first requests until this many are in flight at once
     url: str = ""
     seen: list[int] = field(default_factory=list)
     delivered: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     stalled: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    met: asyncio.Event = field(default_factory=asyncio.Event)
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -63,6 +65,9 @@ class Receiver:
     async def answer(self, headers: dict[str, str], body: bytes) -> int:
         notification_id = int(headers[ID_HEADER.lower()])
         self.seen.append(notification_id)
+        if len(self.seen) >= self.together:
+            self.met.set()
+        await self.met.wait()
         if self.stall_from is not None and len(self.seen) >= self.stall_from:
             self.stalled.set()
             await self.release.wait()
@@ -220,10 +225,12 @@ async def test_killed_dispatcher_loses_nothing_and_repeats_nothing(pool: asyncpg
 
 async def test_concurrent_dispatchers_deliver_each_row_once(pool: asyncpg.Pool) -> None:
     ids = await add_rows(pool, 200)
-    async with receiving(Receiver()) as receiver, httpx.AsyncClient() as client:
-        first, second = await asyncio.gather(
+    # The first POST is held until a second one arrives: the other dispatcher must get past
+    # the row in flight (SKIP LOCKED) and take part while the first waits.
+    async with receiving(Receiver(together=2)) as receiver, httpx.AsyncClient() as client:
+        first, second = await asyncio.wait_for(asyncio.gather(
             dispatch_once(pool, client, receiver.url, batch=500),
-            dispatch_once(pool, client, receiver.url, batch=500))
+            dispatch_once(pool, client, receiver.url, batch=500)), 60)
     assert first + second == 200
     assert first > 0 and second > 0  # both took part
     assert sorted(receiver.seen) == sorted(ids)  # every row posted exactly once

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from conftest import active_rows, gate_left, grab, make_course, resident, unique
+import httpx
+from conftest import active_rows, gate_left, grab, hammer, make_course, resident, unique
 
 
 async def test_500_residents_rush_a_20_seat_course(http, db, redis):
@@ -49,15 +50,32 @@ async def test_a_cancelled_seat_goes_to_exactly_one_racer(http, db, redis):
     assert [t.status_code for t in taken] == [201, 201, 201]
     assert (await grab(http, course["id"], unique("late"))).json()["code"] == "sold_out"
 
-    booking_id = taken[0].json()["id"]
-    cancel = http.delete(f"/v1/bookings/{booking_id}", headers=resident(holders[0]))
-    racers = [grab(http, course["id"], unique("racer")) for _ in range(60)]
-    cancelled, *answers = await asyncio.gather(cancel, *racers)
+    # Racers hammer the full course from before the cancel until the freed seat is taken, and
+    # more start only once the cancel has answered: the seat is free while racers are in flight.
+    answers: list[httpx.Response] = []
+    cancel_answered, hammering = asyncio.Event(), asyncio.Event()
+
+    def seat_retaken() -> bool:
+        return cancel_answered.is_set() and any(a.status_code == 201 for a in answers)
+
+    lanes = asyncio.create_task(hammer(http, course["id"], 20, answers, seat_retaken, hammering))
+    await asyncio.wait_for(hammering.wait(), 30)
+    before_cancel = len(answers)
+    cancelled = await http.delete(f"/v1/bookings/{taken[0].json()['id']}",
+                                  headers=resident(holders[0]))
+    cancel_answered.set()
+
+    async def late_racer() -> None:
+        answers.append(await grab(http, course["id"], unique("late-racer")))
+
+    await asyncio.gather(lanes, *(late_racer() for _ in range(20)))
 
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert before_cancel >= 20 and len(answers) > before_cancel + 20
     # Racers that came before the cancel saw sold out; exactly one got the freed seat.
     assert sum(a.status_code == 201 for a in answers) == 1
-    assert all(a.json()["code"] == "sold_out" for a in answers if a.status_code == 409)
+    assert {a.json()["code"] for a in answers if a.status_code != 201} == {"sold_out"}
+    assert all(a.status_code == 409 for a in answers[:before_cancel])
     assert await active_rows(db, course["id"]) == 3
     assert await gate_left(redis, course["id"]) == 0
 

@@ -9,7 +9,7 @@ told about present in Postgres. Each check is one set-based query, whatever the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,42 +18,52 @@ from redis.asyncio import Redis
 
 from booking.seats import course_keys
 
+# Every query takes the courses to look at as $1 (a bigint[]; NULL: every course).
 COURSE_COUNTS = """
 SELECT c.id, c.capacity, c.status, c.active_bookings,
        count(b.id) FILTER (WHERE b.status IN ('confirmed', 'held')) AS active
 FROM courses c LEFT JOIN bookings b ON b.course_id = c.id
+WHERE ($1::bigint[] IS NULL OR c.id = ANY($1::bigint[]))
 GROUP BY c.id ORDER BY c.id
 """
 DUPLICATES = """
-SELECT course_id, resident_id, count(*) AS n FROM bookings WHERE status IN ('confirmed', 'held')
+SELECT course_id, resident_id, count(*) AS n FROM bookings
+WHERE status IN ('confirmed', 'held') AND ($1::bigint[] IS NULL OR course_id = ANY($1::bigint[]))
 GROUP BY course_id, resident_id HAVING count(*) > 1
 """
 ACTIVE_HOLDERS = """
-SELECT course_id, resident_id, id::text FROM bookings WHERE status IN ('confirmed', 'held')
+SELECT course_id, resident_id, id::text FROM bookings
+WHERE status IN ('confirmed', 'held') AND ($1::bigint[] IS NULL OR course_id = ANY($1::bigint[]))
 """
-WAITING = "SELECT course_id, resident_id FROM waitlist WHERE status = 'waiting'"
+WAITING = """
+SELECT course_id, resident_id FROM waitlist
+WHERE status = 'waiting' AND ($1::bigint[] IS NULL OR course_id = ANY($1::bigint[]))
+"""
 LAPSED_HOLDS = """
 SELECT id::text AS id, course_id, floor(extract(epoch FROM now() - expires_at))::bigint AS ago
-FROM bookings WHERE status = 'held' AND expires_at < now() - make_interval(secs => $1)
+FROM bookings WHERE status = 'held' AND expires_at < now() - make_interval(secs => $2)
+  AND ($1::bigint[] IS NULL OR course_id = ANY($1::bigint[]))
 ORDER BY course_id, expires_at
 """
 WAITING_WHILE_BOOKED = """
 SELECT w.course_id, w.resident_id, b.id::text AS booking_id
 FROM waitlist w JOIN bookings b ON b.course_id = w.course_id AND b.resident_id = w.resident_id
 WHERE w.status = 'waiting' AND b.status IN ('confirmed', 'held')
+  AND ($1::bigint[] IS NULL OR w.course_id = ANY($1::bigint[]))
 ORDER BY w.course_id, w.id
 """
 BAD_PROMOTIONS = """
 SELECT w.id, w.course_id, w.resident_id, w.booking_id::text AS booking_id,
        b.course_id AS booked_course, b.resident_id AS booked_resident
 FROM waitlist w LEFT JOIN bookings b ON b.id = w.booking_id
-WHERE w.status = 'promoted'
+WHERE w.status = 'promoted' AND ($1::bigint[] IS NULL OR w.course_id = ANY($1::bigint[]))
   AND (b.id IS NULL OR b.course_id <> w.course_id OR b.resident_id <> w.resident_id)
 ORDER BY w.course_id, w.id
 """
 UNNOTIFIED_PROMOTIONS = """
 SELECT w.id, w.course_id, w.booking_id::text AS booking_id FROM waitlist w
 WHERE w.status = 'promoted' AND w.booking_id IS NOT NULL
+  AND ($1::bigint[] IS NULL OR w.course_id = ANY($1::bigint[]))
   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.kind = 'promoted'
                     AND o.payload->>'booking_id' = w.booking_id::text)
 ORDER BY w.course_id, w.id
@@ -62,11 +72,18 @@ PAID_BUT_HELD = """
 SELECT p.provider_ref, p.booking_id::text AS booking_id, b.course_id
 FROM payments p JOIN bookings b ON b.id = p.booking_id
 WHERE p.outcome = 'confirmed' AND b.status = 'held'
+  AND ($1::bigint[] IS NULL OR b.course_id = ANY($1::bigint[]))
 ORDER BY b.course_id, p.provider_ref
 """
+# A notification belongs to the course its payload names (every kind the service writes does).
 PENDING_WORK = """
-SELECT (SELECT count(*) FROM payments WHERE outcome = 'refund_due') AS refunds_due,
-       (SELECT count(*) FROM outbox WHERE sent_at IS NULL) AS unsent
+SELECT (SELECT count(*) FROM payments p WHERE p.outcome = 'refund_due'
+          AND ($1::bigint[] IS NULL OR p.booking_id IN (
+                SELECT b.id FROM bookings b WHERE b.course_id = ANY($1::bigint[]))))
+         AS refunds_due,
+       (SELECT count(*) FROM outbox o WHERE o.sent_at IS NULL
+          AND ($1::bigint[] IS NULL
+               OR o.payload->>'course_id' = ANY($1::bigint[]::text[]))) AS unsent
 """
 KNOWN_IDS = "SELECT id::text FROM bookings WHERE id = ANY($1::uuid[])"
 MAX_LISTED = 10
@@ -113,31 +130,56 @@ def read_received(paths: Iterable[Path]) -> set[str]:
 
 
 async def check_invariants(pool: asyncpg.Pool, redis: Redis, received: set[str] | None = None,
-                           *, hold_grace_s: float = HOLD_GRACE_S) -> CheckReport:
-    """Every invariant, each violation one line. `hold_grace_s`: how long past its expiry a
-    hold may still be `held` (the sweeper expires holds every few seconds, not at once)."""
+                           *, course_ids: Collection[int] | None = None,
+                           hold_grace_s: float = HOLD_GRACE_S) -> CheckReport:
+    """Every invariant, each violation one line. `course_ids`: look only at those courses
+    (capacity, duplicates, gate, waitlist, holds, promotions, payments, refunds due and unsent
+    notifications); None: at every course. Received ids are looked up whatever the scope.
+    `hold_grace_s`: how long past its expiry a hold may still be `held` (the sweeper expires
+    holds every few seconds, not at once)."""
     report = CheckReport()
-    courses = await pool.fetch(COURSE_COUNTS)
+    scope = None if course_ids is None else sorted({int(c) for c in course_ids})
+    courses = await pool.fetch(COURSE_COUNTS, scope)
     report.courses = len(courses)
     report.active_bookings = sum(row["active"] for row in courses)
+    _note_unknown(report, scope, courses)
     _check_capacity(report, courses)
-    for row in await pool.fetch(DUPLICATES):
+    for row in await pool.fetch(DUPLICATES, scope):
         report.violations.append(f"resident {row['resident_id']} holds {row['n']} active "
                                  f"bookings of course {row['course_id']}")
-    holders: dict[int, dict[str, str]] = {row["id"]: {} for row in courses}
-    for row in await pool.fetch(ACTIVE_HOLDERS):
-        holders[row["course_id"]][row["resident_id"]] = row["id"]
-    waiting: dict[int, set[str]] = {row["id"]: set() for row in courses}
-    for row in await pool.fetch(WAITING):
-        waiting[row["course_id"]].add(row["resident_id"])
+    holders, waiting = await _ledger_sets(pool, scope, courses)
     _check_waitlist(report, courses, waiting)
     await _check_gate(report, redis, courses, holders, waiting)
-    await _check_rows(report, pool, hold_grace_s)
-    pending = await pool.fetchrow(PENDING_WORK)
+    await _check_rows(report, pool, scope, hold_grace_s)
+    pending = await pool.fetchrow(PENDING_WORK, scope)
     report.refunds_due, report.unsent_notifications = pending["refunds_due"], pending["unsent"]
     if received is not None:
         await _check_received(report, pool, received)
     return report
+
+
+def _note_unknown(report: CheckReport, scope: list[int] | None,
+                  courses: list[asyncpg.Record]) -> None:
+    unknown = sorted(set(scope or ()) - {row["id"] for row in courses})
+    if unknown:
+        shown = ", ".join(map(str, unknown[:MAX_LISTED]))
+        report.notes.append(f"{len(unknown)} course(s) asked for do not exist: {shown}")
+
+
+async def _ledger_sets(pool: asyncpg.Pool, scope: list[int] | None,
+                       courses: list[asyncpg.Record],
+                       ) -> tuple[dict[int, dict[str, str]], dict[int, set[str]]]:
+    """Per course: its active holders (resident -> booking id) and its residents waiting.
+    Rows of a course created after `courses` was read are left for the next check."""
+    holders: dict[int, dict[str, str]] = {row["id"]: {} for row in courses}
+    for row in await pool.fetch(ACTIVE_HOLDERS, scope):
+        if row["course_id"] in holders:
+            holders[row["course_id"]][row["resident_id"]] = row["id"]
+    waiting: dict[int, set[str]] = {row["id"]: set() for row in courses}
+    for row in await pool.fetch(WAITING, scope):
+        if row["course_id"] in waiting:
+            waiting[row["course_id"]].add(row["resident_id"])
+    return holders, waiting
 
 
 def _check_capacity(report: CheckReport, courses: list[asyncpg.Record]) -> None:
@@ -245,12 +287,13 @@ ROW_CHECKS: tuple[tuple[str, Callable[[asyncpg.Record], str]], ...] = (
 )
 
 
-async def _check_rows(report: CheckReport, pool: asyncpg.Pool, hold_grace_s: float) -> None:
+async def _check_rows(report: CheckReport, pool: asyncpg.Pool, scope: list[int] | None,
+                      hold_grace_s: float) -> None:
     """The invariants whose every offending row is a violation of its own."""
-    rows = await pool.fetch(LAPSED_HOLDS, float(hold_grace_s))
+    rows = await pool.fetch(LAPSED_HOLDS, scope, float(hold_grace_s))
     report.violations += [_lapsed_hold(row) for row in rows]
     for query, line in ROW_CHECKS:
-        report.violations += [line(row) for row in await pool.fetch(query)]
+        report.violations += [line(row) for row in await pool.fetch(query, scope)]
 
 
 async def _check_received(report: CheckReport, pool: asyncpg.Pool, received: set[str]) -> None:
