@@ -90,3 +90,6 @@ def configure_logging(level: int = logging.INFO) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # One line per HTTP request made by the outbox (or the demo crowd in a one-worker serve)
+    # would drown everything else.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -9,6 +9,8 @@ told about present in Postgres. Each check is one set-based query, whatever the 
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,24 +18,26 @@ from pathlib import Path
 import asyncpg
 from redis.asyncio import Redis
 
+from booking.core.settings import ConfigError, Settings
+from booking.core.stores import connected, running
 from booking.seats import course_keys
 
 # Every query takes the courses to look at as $1 (a bigint[]; NULL: every course).
 COURSE_COUNTS = """
 SELECT c.id, c.capacity, c.status, c.active_bookings,
-       count(b.id) FILTER (WHERE b.status IN ('confirmed', 'held')) AS active
+       count(b.id) FILTER (WHERE booking_active(b.status)) AS active
 FROM courses c LEFT JOIN bookings b ON b.course_id = c.id
 WHERE ($1::bigint[] IS NULL OR c.id = ANY($1::bigint[]))
 GROUP BY c.id ORDER BY c.id
 """
 DUPLICATES = """
 SELECT course_id, resident_id, count(*) AS n FROM bookings
-WHERE status IN ('confirmed', 'held') AND ($1::bigint[] IS NULL OR course_id = ANY($1::bigint[]))
+WHERE booking_active(status) AND ($1::bigint[] IS NULL OR course_id = ANY($1::bigint[]))
 GROUP BY course_id, resident_id HAVING count(*) > 1
 """
 ACTIVE_HOLDERS = """
 SELECT course_id, resident_id, id::text FROM bookings
-WHERE status IN ('confirmed', 'held') AND ($1::bigint[] IS NULL OR course_id = ANY($1::bigint[]))
+WHERE booking_active(status) AND ($1::bigint[] IS NULL OR course_id = ANY($1::bigint[]))
 """
 WAITING = """
 SELECT course_id, resident_id FROM waitlist
@@ -48,7 +52,7 @@ ORDER BY course_id, expires_at
 WAITING_WHILE_BOOKED = """
 SELECT w.course_id, w.resident_id, b.id::text AS booking_id
 FROM waitlist w JOIN bookings b ON b.course_id = w.course_id AND b.resident_id = w.resident_id
-WHERE w.status = 'waiting' AND b.status IN ('confirmed', 'held')
+WHERE w.status = 'waiting' AND booking_active(b.status)
   AND ($1::bigint[] IS NULL OR w.course_id = ANY($1::bigint[]))
 ORDER BY w.course_id, w.id
 """
@@ -313,3 +317,38 @@ async def _check_received(report: CheckReport, pool: asyncpg.Pool, received: set
         shown = ", ".join(lost[:MAX_LISTED])
         report.violations.append(f"{len(lost)} booking(s) a client was told about are not in "
                                  f"Postgres: {shown}")
+
+
+# --- `booking check` ---------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> int:
+    """`booking check`: exit 0 when every invariant holds, 1 on a violation (2: bad options)."""
+    paths = [Path(p) for p in args.received]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ConfigError(f"no such file or folder: {', '.join(missing)}.")
+    received = read_received(paths) if paths else None
+    course_ids = _scope(args)
+    with running(Settings.from_env(), quiet=True) as ready:
+        return 0 if asyncio.run(_check(ready, received, course_ids)) else 1
+
+
+def _scope(args: argparse.Namespace) -> list[int] | None:
+    """The courses to look at: --courses, the courses of --release, or None for every one."""
+    if args.release is None:
+        return args.courses
+    from booking.ops.rehearsal import ReleaseFileError, load_release
+
+    try:
+        return load_release(Path(args.release)).course_ids
+    except ReleaseFileError as exc:
+        raise ConfigError(f"{exc}.") from exc
+
+
+async def _check(settings: Settings, received: set[str] | None,
+                 course_ids: list[int] | None) -> bool:
+    async with connected(settings) as stores:
+        report = await check_invariants(stores.pool, stores.redis, received,
+                                        course_ids=course_ids)
+    print(report.summary())
+    return report.ok

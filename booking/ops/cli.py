@@ -1,7 +1,8 @@
 """The `booking` command: parsing and dispatch only.
 
-Each command's body lives in a module of booking/ops/ by concern (serve, tools, release, pay,
-bench), imported only when that command runs, so `booking --help` and `booking token` stay quick.
+Each command's body lives in a module of booking/ops/ by concern (serve, tools, rehearsal,
+check, pay, bench), imported only when that command runs, so `booking --help` and `booking
+token` stay quick.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def _release_arguments(release: argparse.ArgumentParser) -> None:
                          help="how long a hold waits for its payment (default 10)")
     release.add_argument("--out", default="loadtest/results/release.json",
                          help="where to write the release (JSON)")
-    release.set_defaults(run=_command("release", "publish"))
+    release.set_defaults(run=_command("rehearsal"))
 
 
 def _check_arguments(check: argparse.ArgumentParser) -> None:
@@ -113,7 +114,7 @@ def _check_arguments(check: argparse.ArgumentParser) -> None:
     scope.add_argument("--release", metavar="PATH",
                        help="look only at the courses of this release (the JSON file "
                             "`booking release` writes)")
-    check.set_defaults(run=_command("release", "check"))
+    check.set_defaults(run=_command("check"))
 
 
 def _course_ids(text: str) -> list[int]:

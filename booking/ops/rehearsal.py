@@ -10,6 +10,7 @@ simulated resident a client address of its own, as their phones would have.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import math
@@ -21,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from booking.core.auth import mint
+from booking.core.settings import ConfigError, Settings
 
 DISTRICTS = ["Dongcheng", "Xicheng", "Chaoyang", "Haidian", "Fengtai", "Shijingshan"]
 CATEGORIES = ["calligraphy", "technology", "music", "culture", "art", "fitness"]
@@ -138,3 +140,22 @@ async def publish_release(base_url: str, secret: str, *, courses: int, seats: in
     paid = [course_id for n, course_id in enumerate(course_ids) if is_paid(n, paid_share)]
     return Release(base_url, opens_at.isoformat(), opens_at.timestamp(), list(course_ids), seats,
                    paid, price_cents if paid else 0)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`booking release`: publish through the API and write the release as JSON."""
+    if not (1 <= args.courses <= 100_000 and 1 <= args.seats <= 10_000):
+        raise ConfigError("--courses must be 1-100000 and --seats 1-10000.")
+    if not (0 <= args.paid_share <= 1 and 1 <= args.hold_minutes <= 1440):
+        raise ConfigError("--paid-share must be 0-1 and --hold-minutes 1-1440.")
+    settings = Settings.from_env()
+    release = asyncio.run(publish_release(args.url, settings.secret, courses=args.courses,
+                                          seats=args.seats, opens_in_s=args.opens_in,
+                                          paid_share=args.paid_share,
+                                          hold_minutes=args.hold_minutes))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(release.to_dict(), indent=1))
+    print(f"Published {args.courses} courses x {args.seats} seats, opening at "
+          f"{release.opens_at}; written to {out}.")
+    return 0
