@@ -1,7 +1,7 @@
 """Bookings: the grab (gate, then ledger), cancel, swap, and the lists residents and venues see.
 
-The service functions (`grab`, `cancel`, `swap`) know nothing of HTTP; the `/v1` handlers at
-the bottom (and later the pages) call them.
+`Bookings` is the domain's service and knows nothing of HTTP; the `/v1` handlers at the bottom
+(and later the pages) receive it by dependency injection and call it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 from litestar import Request, Response, delete, get, post
+from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
@@ -106,151 +107,171 @@ def booking_out(row: asyncpg.Record) -> BookingOut:
                       row["created_at"], row["expires_at"])
 
 
-# --- the grab ---------------------------------------------------------------------------------
+class Bookings:
+    def __init__(self, seats: Seats, ledger: BookingLedger, limiter: RateLimiter,
+                 pool: asyncpg.Pool) -> None:
+        self.seats = seats
+        self.ledger = ledger
+        self.limiter = limiter
+        self.pool = pool
 
-async def limit_grabs(limiter: RateLimiter, resident_id: str, address: str) -> ApiError | None:
-    """The 429 for a resident (or address) over the grab limits; None: go ahead."""
-    wait_s = await limiter.wait_s(resident_id, address)
-    if not wait_s:
-        return None
-    GRABS.labels("rate_limited").inc()
-    return RateLimited.waiting(wait_s, "Too many grabs; please wait a moment.")
+    # --- the grab -----------------------------------------------------------------------------
 
+    async def limit(self, resident_id: str, address: str) -> ApiError | None:
+        """The 429 for a resident (or address) over the grab limits; None: go ahead."""
+        wait_s = await self.limiter.wait_s(resident_id, address)
+        if not wait_s:
+            return None
+        GRABS.labels("rate_limited").inc()
+        return RateLimited.waiting(wait_s, "Too many grabs; please wait a moment.")
 
-async def grab(seats: Seats, ledger: BookingLedger, pool: asyncpg.Pool, course_id: int,
-               resident_id: str) -> Grabbed | ApiError:
-    """Take a seat and write the booking; or the booking already held; or why not. Refusals
-    are returned, not raised (on release night almost every answer is one, and raising costs
-    more than the rest of a sold-out answer); only a store that fails raises."""
-    booking_id = str(uuid.uuid4())
-    decision = await seats.take(course_id, resident_id, booking_id)
-    GRABS.labels(decision.outcome.value).inc()
-    if decision.outcome is Outcome.TAKEN:
-        return await _commit(seats, ledger, pool, course_id, resident_id, booking_id,
-                             decision.hold_s)
-    if decision.outcome is Outcome.HELD:
-        return Grabbed(await _held_booking(pool, str(decision.booking_id)), new=False)
-    return refusal(decision)
+    async def grab(self, course_id: int, resident_id: str) -> Grabbed | ApiError:
+        """Take a seat and write the booking; or the booking already held; or why not.
+        Refusals are returned, not raised (on release night almost every answer is one, and
+        raising costs more than the rest of a sold-out answer); only a store that fails
+        raises."""
+        booking_id = str(uuid.uuid4())
+        decision = await self.seats.take(course_id, resident_id, booking_id)
+        GRABS.labels(decision.outcome.value).inc()
+        if decision.outcome is Outcome.TAKEN:
+            return await self._commit(course_id, resident_id, booking_id, decision.hold_s)
+        if decision.outcome is Outcome.HELD:
+            return Grabbed(await self._held_booking(str(decision.booking_id)), new=False)
+        return refusal(decision)
 
+    async def _commit(self, course_id: int, resident_id: str, booking_id: str,
+                      hold_s: int) -> Grabbed | ApiError:
+        """Write the row the gate allowed (a hold on a paid course). A failed write has given
+        its seat back (see BookingLedger.record); a refusal by Postgres means the gate was wrong
+        about the course, so it is reloaded and the answer is the ledger's."""
+        created_at = datetime.now(UTC)
+        new = NewBooking(booking_id, course_id, resident_id, created_at,
+                         hold_expiry(created_at, hold_s))
+        try:
+            await self.ledger.record(new)
+        except CommitFailed as exc:
+            log.warning("booking %s not committed: %s", booking_id, exc)
+            GRABS.labels("not_committed").inc()
+            return await self._ledger_refusal(course_id, resident_id, exc.constraint)
+        body = BookingOut(booking_id, course_id, resident_id, new.status, created_at,
+                          new.expires_at)
+        return Grabbed(body, new=True)
 
-async def _commit(seats: Seats, ledger: BookingLedger, pool: asyncpg.Pool, course_id: int,
-                  resident_id: str, booking_id: str, hold_s: int) -> Grabbed | ApiError:
-    """Write the row the gate allowed (a hold on a paid course). A failed write has given its
-    seat back (see BookingLedger.record); a refusal by Postgres means the gate was wrong about
-    the course, so it is reloaded and the answer is the ledger's."""
-    created_at = datetime.now(UTC)
-    new = NewBooking(booking_id, course_id, resident_id, created_at,
-                     hold_expiry(created_at, hold_s))
-    try:
-        await ledger.record(new)
-    except CommitFailed as exc:
-        log.warning("booking %s not committed: %s", booking_id, exc)
-        GRABS.labels("not_committed").inc()
-        return await _ledger_refusal(seats, pool, course_id, resident_id, exc.constraint)
-    body = BookingOut(booking_id, course_id, resident_id, new.status, created_at,
-                      new.expires_at)
-    return Grabbed(body, new=True)
+    async def _ledger_refusal(self, course_id: int, resident_id: str,
+                              constraint: str | None) -> Grabbed | ApiError:
+        if constraint is None:
+            return Unavailable(NOT_SAVED)
+        await self.seats.loader.load(course_id)
+        if constraint == "courses_not_oversold":
+            return SOLD_OUT
+        if constraint == "courses_cancelled_take_no_bookings":
+            return COURSE_CANCELLED
+        row = await self.pool.fetchrow(SELECT_ACTIVE, course_id, resident_id)  # a faster twin
+        return Unavailable(NOT_SAVED) if row is None else Grabbed(booking_out(row), new=False)
 
+    async def _held_booking(self, booking_id: str) -> BookingOut:
+        """The booking a repeated grab already holds; waits briefly if it is still being
+        written."""
+        deadline = time.monotonic() + TWIN_WAIT_S
+        while True:
+            row = await self.pool.fetchrow(SELECT_BOOKING, booking_id)
+            if row is not None:
+                return booking_out(row)
+            if time.monotonic() > deadline:
+                raise Unavailable("Your earlier grab of this course is still being saved; "
+                                  "please try again.")
+            await asyncio.sleep(0.02)
 
-async def _ledger_refusal(seats: Seats, pool: asyncpg.Pool, course_id: int, resident_id: str,
-                          constraint: str | None) -> Grabbed | ApiError:
-    if constraint is None:
-        return Unavailable(NOT_SAVED)
-    await seats.loader.load(course_id)
-    if constraint == "courses_not_oversold":
-        return SOLD_OUT
-    if constraint == "courses_cancelled_take_no_bookings":
-        return COURSE_CANCELLED
-    row = await pool.fetchrow(SELECT_ACTIVE, course_id, resident_id)  # a twin was faster
-    return Unavailable(NOT_SAVED) if row is None else Grabbed(booking_out(row), new=False)
+    # --- cancel and swap ----------------------------------------------------------------------
 
+    async def _own_booking(self, booking_id: uuid.UUID, resident_id: str) -> asyncpg.Record:
+        """The resident's booking with its status and whether its cancel deadline has passed."""
+        row = await self.pool.fetchrow(SELECT_OWN_FOR_CANCEL, booking_id, resident_id)
+        if row is None:
+            raise NotFound.of("booking of yours")
+        return row
 
-async def _held_booking(pool: asyncpg.Pool, booking_id: str) -> BookingOut:
-    """The booking a repeated grab already holds; waits briefly if it is still being written."""
-    deadline = time.monotonic() + TWIN_WAIT_S
-    while True:
-        row = await pool.fetchrow(SELECT_BOOKING, booking_id)
-        if row is not None:
+    async def cancel(self, booking_id: uuid.UUID, resident_id: str) -> BookingOut:
+        """Cancel a booking or hold (until the course's cancel deadline); the seat goes to the
+        first resident waiting, or can be grabbed again at once."""
+        gate, pool = self.seats.gate, self.pool
+        row = await self._own_booking(booking_id, resident_id)
+        if not is_active(row["status"]):
+            # Cancelled before: give the seat back again in case that cancel's release never ran.
+            await free_seat(pool, gate, row["course_id"], resident_id, row["id"])
             return booking_out(row)
-        if time.monotonic() > deadline:
-            raise Unavailable("Your earlier grab of this course is still being saved; "
-                              "please try again.")
-        await asyncio.sleep(0.02)
+        if row["too_late"]:
+            raise DEADLINE_PASSED.again()
+        await gate.mark_leaving(row["course_id"], resident_id, row["id"])
+        cancelled = await pool.fetchrow(CANCEL_BOOKING, booking_id, resident_id)
+        if cancelled is None:  # a twin request (or the hold's expiry) ended it a moment ago
+            return booking_out(await pool.fetchrow(SELECT_OWN, booking_id, resident_id))
+        if not await free_seat(pool, gate, row["course_id"], resident_id, row["id"]):
+            await self.seats.loader.load(row["course_id"])
+        return booking_out(cancelled)
 
+    async def swap(self, booking_id: uuid.UUID, resident_id: str,
+                   course_id: int) -> BookingOut:
+        """Trade a booking for a seat in another course in one step, or keep the old one."""
+        old = await self._own_booking(booking_id, resident_id)
+        if not is_active(old["status"]):
+            raise NOT_ACTIVE.again()
+        if old["too_late"]:
+            raise DEADLINE_PASSED.again()
+        if course_id == old["course_id"]:
+            raise SAME_COURSE.again()
+        new_id = str(uuid.uuid4())
+        decision = await self.seats.take(course_id, resident_id, new_id)
+        if decision.outcome is not Outcome.TAKEN:
+            raise refusal(decision).again()
+        return await self._write_swap(old, new_id, course_id, resident_id)
 
-# --- cancel and swap --------------------------------------------------------------------------
-
-async def _own_booking(pool: asyncpg.Pool, booking_id: uuid.UUID,
-                       resident_id: str) -> asyncpg.Record:
-    """The resident's booking with its status and whether its cancel deadline has passed."""
-    row = await pool.fetchrow(SELECT_OWN_FOR_CANCEL, booking_id, resident_id)
-    if row is None:
-        raise NotFound.of("booking of yours")
-    return row
-
-
-async def cancel(seats: Seats, pool: asyncpg.Pool, booking_id: uuid.UUID,
-                 resident_id: str) -> BookingOut:
-    """Cancel a booking or hold (until the course's cancel deadline); the seat goes to the
-    first resident waiting, or can be grabbed again at once."""
-    gate = seats.gate
-    row = await _own_booking(pool, booking_id, resident_id)
-    if not is_active(row["status"]):
-        # Cancelled before: give the seat back again in case that cancel's release never ran.
-        await free_seat(pool, gate, row["course_id"], resident_id, row["id"])
+    async def _write_swap(self, old: asyncpg.Record, new_id: str, course_id: int,
+                          resident_id: str) -> BookingOut:
+        """One transaction: the new booking in, the old one cancelled. Only then the old seat
+        is freed; any failure gives the new seat back and leaves the old booking as it was."""
+        gate = self.seats.gate
+        await gate.mark_leaving(old["course_id"], resident_id, old["id"])
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                cancelled = await conn.fetchrow(CANCEL_BOOKING, uuid.UUID(old["id"]),
+                                                resident_id)
+                if cancelled is None:
+                    raise NOT_ACTIVE.again()
+                row = await conn.fetchrow(INSERT_SWAPPED, new_id, course_id, resident_id)
+                if row is None:
+                    raise COURSE_CANCELLED.again()
+        except (ApiError, asyncpg.PostgresError) as exc:
+            await self._give_back(course_id, resident_id, new_id)
+            await gate.settle([(old["course_id"], resident_id)])  # the old seat stays theirs
+            if isinstance(exc, asyncpg.IntegrityConstraintViolationError):  # gate, ledger differ
+                await self.seats.loader.load(course_id)
+                raise _swap_refusal(exc) from exc
+            raise
+        await gate.settle([(course_id, resident_id)])
+        await free_seat(self.pool, gate, old["course_id"], resident_id, old["id"])
         return booking_out(row)
-    if row["too_late"]:
-        raise DEADLINE_PASSED.again()
-    await gate.mark_leaving(row["course_id"], resident_id, row["id"])
-    cancelled = await pool.fetchrow(CANCEL_BOOKING, booking_id, resident_id)
-    if cancelled is None:  # a twin request (or the hold's expiry) ended it a moment ago
-        return booking_out(await pool.fetchrow(SELECT_OWN, booking_id, resident_id))
-    if not await free_seat(pool, gate, row["course_id"], resident_id, row["id"]):
-        await seats.loader.load(row["course_id"])
-    return booking_out(cancelled)
 
+    async def _give_back(self, course_id: int, resident_id: str, booking_id: str) -> None:
+        try:
+            await free_seat(self.pool, self.seats.gate, course_id, resident_id, booking_id)
+        except Exception as exc:  # the reconciler gives it back after the pending timeout
+            log.warning("could not give back seat of %s: %s", booking_id, exc)
 
-async def swap(seats: Seats, pool: asyncpg.Pool, booking_id: uuid.UUID, resident_id: str,
-               course_id: int) -> BookingOut:
-    """Trade a booking for a seat in another course in one step, or keep the old one."""
-    old = await _own_booking(pool, booking_id, resident_id)
-    if not is_active(old["status"]):
-        raise NOT_ACTIVE.again()
-    if old["too_late"]:
-        raise DEADLINE_PASSED.again()
-    if course_id == old["course_id"]:
-        raise SAME_COURSE.again()
-    new_id = str(uuid.uuid4())
-    decision = await seats.take(course_id, resident_id, new_id)
-    if decision.outcome is not Outcome.TAKEN:
-        raise refusal(decision).again()
-    return await _write_swap(seats, pool, old, new_id, course_id, resident_id)
+    # --- lists --------------------------------------------------------------------------------
 
+    async def of_resident(self, resident_id: str) -> list[BookingOut]:
+        """A resident's bookings, newest first, cancelled ones included."""
+        return [booking_out(row) for row in await self.pool.fetch(MY_BOOKINGS, resident_id)]
 
-async def _write_swap(seats: Seats, pool: asyncpg.Pool, old: asyncpg.Record, new_id: str,
-                      course_id: int, resident_id: str) -> BookingOut:
-    """One transaction: the new booking in, the old one cancelled. Only then the old seat is
-    freed; any failure gives the new seat back and leaves the old booking as it was."""
-    gate = seats.gate
-    await gate.mark_leaving(old["course_id"], resident_id, old["id"])
-    try:
-        async with pool.acquire() as conn, conn.transaction():
-            cancelled = await conn.fetchrow(CANCEL_BOOKING, uuid.UUID(old["id"]), resident_id)
-            if cancelled is None:
-                raise NOT_ACTIVE.again()
-            row = await conn.fetchrow(INSERT_SWAPPED, new_id, course_id, resident_id)
-            if row is None:
-                raise COURSE_CANCELLED.again()
-    except (ApiError, asyncpg.PostgresError) as exc:
-        await _give_back(pool, seats, course_id, resident_id, new_id)
-        await gate.settle([(old["course_id"], resident_id)])  # the old seat stays theirs
-        if isinstance(exc, asyncpg.IntegrityConstraintViolationError):  # gate and ledger differ
-            await seats.loader.load(course_id)
-            raise _swap_refusal(exc) from exc
-        raise
-    await gate.settle([(course_id, resident_id)])
-    await free_seat(pool, gate, old["course_id"], resident_id, old["id"])
-    return booking_out(row)
+    async def roster(self, course_id: int, principal: Principal) -> list[BookingOut]:
+        """The active bookings of a course, for its venue or an operator."""
+        venue_id = await self.pool.fetchval(COURSE_VENUE, course_id) \
+            if course_id <= MAX_ID else None
+        if venue_id is None:
+            raise NotFound.of("course")
+        check_owner(principal, venue_id)
+        return [booking_out(row) for row in await self.pool.fetch(ROSTER, course_id)]
 
 
 def _swap_refusal(exc: asyncpg.IntegrityConstraintViolationError) -> ApiError:
@@ -261,15 +282,10 @@ def _swap_refusal(exc: asyncpg.IntegrityConstraintViolationError) -> ApiError:
     return SOLD_OUT.again()
 
 
-async def _give_back(pool: asyncpg.Pool, seats: Seats, course_id: int, resident_id: str,
-                     booking_id: str) -> None:
-    try:
-        await free_seat(pool, seats.gate, course_id, resident_id, booking_id)
-    except Exception as exc:  # the reconciler gives it back after the pending timeout
-        log.warning("could not give back seat of %s: %s", booking_id, exc)
-
-
 # --- /v1 --------------------------------------------------------------------------------------
+
+Caller = Request[Principal, Any, State]  # request.user: the principal the middleware checked
+
 
 def _address(request: Request) -> str:
     return request.client.host if request.client else "-"
@@ -278,14 +294,14 @@ def _address(request: Request) -> str:
 @post("/v1/courses/{course_id:int}/bookings", operation_id="grabSeat", tags=["bookings"],
       status_code=201, **requires("resident", errors=(404, 409, 429), also={
           200: ResponseSpec(BookingOut, description="The booking this resident already holds")}))
-async def grab_seat(request: Request, course_id: CourseId, principal: Principal, seats: Seats,
-                    ledger: BookingLedger, limiter: RateLimiter,
-                    pool: asyncpg.Pool) -> Response[BookingOut]:
+async def grab_seat(request: Caller, course_id: CourseId,
+                    bookings: Bookings) -> Response[BookingOut]:
     """Grab a seat: 201 with a new booking, 200 with the one already held, or 409 saying why not."""
-    limited = await limit_grabs(limiter, principal.sub, _address(request))
+    resident_id = request.user.sub
+    limited = await bookings.limit(resident_id, _address(request))
     if limited is not None:
         return answer(limited)
-    result = await grab(seats, ledger, pool, course_id, principal.sub)
+    result = await bookings.grab(course_id, resident_id)
     if isinstance(result, ApiError):
         return answer(result)
     return Response(result.booking, status_code=201 if result.new else 200)
@@ -293,42 +309,37 @@ async def grab_seat(request: Request, course_id: CourseId, principal: Principal,
 
 @delete("/v1/bookings/{booking_id:uuid}", operation_id="cancelBooking", tags=["bookings"],
         status_code=200, **requires("resident", errors=(404, 409)))
-async def cancel_booking(booking_id: uuid.UUID, principal: Principal, seats: Seats,
-                         pool: asyncpg.Pool) -> BookingOut:
+async def cancel_booking(request: Caller, booking_id: uuid.UUID,
+                         bookings: Bookings) -> BookingOut:
     """Cancel your booking or hold (until the course's cancel deadline); the seat goes to the
     first resident waiting, or can be grabbed again at once."""
-    return await cancel(seats, pool, booking_id, principal.sub)
+    return await bookings.cancel(booking_id, request.user.sub)
 
 
 @post("/v1/bookings/{booking_id:uuid}/swap", operation_id="swapBooking", tags=["bookings"],
       status_code=201, **requires("resident", errors=(404, 409, 413, 429)))
-async def swap_booking(request: Request, booking_id: uuid.UUID, data: SwapIn,
-                       principal: Principal, seats: Seats, limiter: RateLimiter,
-                       pool: asyncpg.Pool) -> BookingOut:
+async def swap_booking(request: Caller, booking_id: uuid.UUID, data: SwapIn,
+                       bookings: Bookings) -> BookingOut:
     """Trade your booking for a seat in another course in one step: 201 with the new booking
     (the old one cancelled, its seat to the waitlist), or 409 and you keep the old one."""
-    limited = await limit_grabs(limiter, principal.sub, _address(request))
+    limited = await bookings.limit(request.user.sub, _address(request))
     if limited is not None:  # a swap takes a seat too: the same limits as a grab
         raise limited
-    return await swap(seats, pool, booking_id, principal.sub, data.course_id)
+    return await bookings.swap(booking_id, request.user.sub, data.course_id)
 
 
 @get("/v1/me/bookings", operation_id="myBookings", tags=["bookings"], **requires("resident"))
-async def my_bookings(principal: Principal, pool: asyncpg.Pool) -> list[BookingOut]:
+async def my_bookings(request: Caller, bookings: Bookings) -> list[BookingOut]:
     """Your bookings, newest first, cancelled ones included."""
-    return [booking_out(row) for row in await pool.fetch(MY_BOOKINGS, principal.sub)]
+    return await bookings.of_resident(request.user.sub)
 
 
 @get("/v1/courses/{course_id:int}/bookings", operation_id="courseRoster", tags=["bookings"],
      **requires("venue", "operator", errors=(404,)))
-async def course_roster(course_id: CourseId, principal: Principal,
-                        pool: asyncpg.Pool) -> list[BookingOut]:
+async def course_roster(request: Caller, course_id: CourseId,
+                        bookings: Bookings) -> list[BookingOut]:
     """The active bookings of a course (its venue or an operator)."""
-    venue_id = await pool.fetchval(COURSE_VENUE, course_id) if course_id <= MAX_ID else None
-    if venue_id is None:
-        raise NotFound.of("course")
-    check_owner(principal, venue_id)
-    return [booking_out(row) for row in await pool.fetch(ROSTER, course_id)]
+    return await bookings.roster(course_id, request.user)
 
 
 HANDLERS: list[Any] = [grab_seat, cancel_booking, swap_booking, my_bookings, course_roster]

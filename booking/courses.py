@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
 from litestar import Request, get, patch, post
+from litestar.datastructures import State
 from litestar.params import Parameter
 
 from booking.core.auth import Principal, check_owner, requires
@@ -130,114 +132,109 @@ def course_out(row: asyncpg.Record, seats_left: int | None) -> CourseOut:
     return CourseOut(**dict(row), seats_left=left)
 
 
-async def fetch_course(pool: asyncpg.Pool, course_id: int) -> asyncpg.Record:
-    row = await pool.fetchrow(SELECT_COURSE, course_id) if 1 <= course_id <= MAX_ID else None
-    if row is None:
-        raise NotFound.of("course")
-    return row
+@dataclass(frozen=True, slots=True)
+class CourseQuery:
+    """The filters of a course list."""
+
+    venue_id: int | None = None
+    district: str | None = None
+    category: str | None = None
+    available: bool | None = None
+    limit: int = 50
+    offset: int = 0
 
 
-async def _answer(pool: asyncpg.Pool, seats: Seats, course_id: int) -> CourseOut:
-    """The course as it is now, with the gate reloaded from Postgres after a change."""
-    loaded = await seats.loader.load(course_id)
-    return course_out(await fetch_course(pool, course_id), loaded.seats_left if loaded else None)
+class Courses:
+    """The courses domain's service: what the `/v1` handlers and the pages call."""
 
+    def __init__(self, pool: asyncpg.Pool, seats: Seats, reads: ReadCache) -> None:
+        self.pool = pool
+        self.seats = seats
+        self.reads = reads
 
-@post("/v1/courses", operation_id="createCourse", tags=["courses"],
-      **requires("venue", "operator", errors=(404, 413)))
-async def create_course(data: CourseIn, principal: Principal, pool: asyncpg.Pool, seats: Seats,
-                        reads: ReadCache) -> CourseOut:
-    """Publish a course. A venue publishes for itself; an operator names the venue_id."""
-    venue_id = principal.venue_id if principal.role == "venue" else data.venue_id
-    if venue_id is None:
-        raise Invalid("An operator must give venue_id.")
-    if principal.role == "venue" and data.venue_id not in (None, principal.venue_id):
-        raise Forbidden("A venue can publish courses only for itself.")
-    try:
-        course_id = await pool.fetchval(
-            INSERT_COURSE, venue_id, data.title, data.category, data.teacher, data.description,
-            data.starts_at, data.ends_at, data.capacity, data.price_cents, data.sales_open_at,
-            data.hold_minutes, data.cancel_deadline)
-    except asyncpg.IntegrityConstraintViolationError as exc:
-        raise constraint_error(exc) from exc
-    reads.clear()
-    return await _answer(pool, seats, course_id)
-
-
-@get("/v1/courses", operation_id="listCourses", tags=["courses"],
-     responses=documented(400, 503))
-async def list_courses(
-    request: Request,
-    pool: asyncpg.Pool,
-    seats: Seats,
-    reads: ReadCache,
-    venue_id: Annotated[int | None, Parameter(ge=1, le=MAX_ID)] = None,
-    district: Annotated[str | None, Parameter(max_length=100, pattern=NO_NUL)] = None,
-    category: Annotated[str | None, Parameter(max_length=60, pattern=NO_NUL)] = None,
-    available: bool | None = None,
-    limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
-    offset: Annotated[int, Parameter(ge=0, le=1_000_000)] = 0,
-) -> CoursePage:
-    """Courses with live seats_left, soonest first; `available=true` keeps those with seats."""
-    unknown = set(request.query_params) - LIST_FILTERS
-    if unknown:
-        raise Invalid(f"Unknown query parameter: {', '.join(sorted(unknown))}.")
-    where, args = ["TRUE"], []
-    for column, value in (("c.venue_id", venue_id), ("v.district", district),
-                          ("c.category", category)):
-        if value is not None:
-            args.append(value)
-            where.append(f"{column} = ${len(args)}")
-    if available:
-        where.append("c.status = 'published' AND c.active_bookings < c.capacity")
-    elif available is False:
-        where.append("NOT (c.status = 'published' AND c.active_bookings < c.capacity)")
-    args += [limit + 1, offset]
-    sql = (f"SELECT {COLUMNS} FROM courses c JOIN venues v ON v.id = c.venue_id "
-           f"WHERE {' AND '.join(where)} ORDER BY c.starts_at, c.id "
-           f"LIMIT ${len(args) - 1} OFFSET ${len(args)}")
-    rows = await reads.get((sql, *args), lambda: pool.fetch(sql, *args))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    counts = await seats.seats_left([row["id"] for row in rows])
-    items = [course_out(row, count) for row, count in zip(rows, counts, strict=True)]
-    return CoursePage(items=items, next_offset=offset + limit if more else None)
-
-
-@get("/v1/courses/{course_id:int}", operation_id="getCourse", tags=["courses"],
-     responses=documented(400, 404, 503))
-async def get_course(course_id: CourseId, pool: asyncpg.Pool, seats: Seats,
-                     reads: ReadCache) -> CourseOut:
-    """One course with its live seats_left."""
-    row = await reads.get(("course", course_id), lambda: fetch_course(pool, course_id))
-    (count,) = await seats.seats_left([course_id])
-    return course_out(row, count)
-
-
-@patch("/v1/courses/{course_id:int}", operation_id="updateCourse", tags=["courses"],
-       **requires("venue", "operator", errors=(404, 409, 413)))
-async def update_course(course_id: CourseId, data: CoursePatch, principal: Principal,
-                        pool: asyncpg.Pool, seats: Seats, reads: ReadCache) -> CourseOut:
-    """Change a course: capacity (never below active bookings), times, texts, or cancel it."""
-    changes = {name: getattr(data, name) for name in PATCHABLE
-               if getattr(data, name) is not msgspec.UNSET}
-    if not 1 <= course_id <= MAX_ID:
-        raise NotFound.of("course")
-    async with pool.acquire() as conn, conn.transaction():
-        current = await conn.fetchrow(
-            "SELECT venue_id, status FROM courses WHERE id = $1 FOR UPDATE", course_id)
-        if current is None:
+    async def row(self, course_id: int) -> asyncpg.Record:
+        """The course's row as Postgres has it (fresh), or NotFound."""
+        row = await self.pool.fetchrow(SELECT_COURSE, course_id) \
+            if 1 <= course_id <= MAX_ID else None
+        if row is None:
             raise NotFound.of("course")
-        check_owner(principal, current["venue_id"])
-        if current["status"] == "cancelled" and changes:
-            raise COURSE_CANCELLED.again()
-        if changes:
-            await _apply(conn, course_id, changes)
-    reads.clear()
-    loaded = await seats.loader.load(course_id)
-    if loaded is not None and loaded.seats_left > 0:  # more seats: the waitlist comes first
-        await promote_waiting(pool, seats.gate, course_id)
-    return await _answer(pool, seats, course_id)
+        return row
+
+    async def one(self, course_id: int) -> CourseOut:
+        """One course with its live seats_left (its text from the one-second cache)."""
+        row = await self.reads.get(("course", course_id), lambda: self.row(course_id))
+        (count,) = await self.seats.seats_left([course_id])
+        return course_out(row, count)
+
+    async def page(self, query: CourseQuery) -> CoursePage:
+        """Courses with live seats_left, soonest first."""
+        where, args = ["TRUE"], []
+        for column, value in (("c.venue_id", query.venue_id), ("v.district", query.district),
+                              ("c.category", query.category)):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} = ${len(args)}")
+        if query.available:
+            where.append("c.status = 'published' AND c.active_bookings < c.capacity")
+        elif query.available is False:
+            where.append("NOT (c.status = 'published' AND c.active_bookings < c.capacity)")
+        args += [query.limit + 1, query.offset]
+        sql = (f"SELECT {COLUMNS} FROM courses c JOIN venues v ON v.id = c.venue_id "
+               f"WHERE {' AND '.join(where)} ORDER BY c.starts_at, c.id "
+               f"LIMIT ${len(args) - 1} OFFSET ${len(args)}")
+        rows = await self.reads.get((sql, *args), lambda: self.pool.fetch(sql, *args))
+        more = len(rows) > query.limit
+        rows = rows[:query.limit]
+        counts = await self.seats.seats_left([row["id"] for row in rows])
+        items = [course_out(row, count) for row, count in zip(rows, counts, strict=True)]
+        return CoursePage(items=items,
+                          next_offset=query.offset + query.limit if more else None)
+
+    async def create(self, data: CourseIn, principal: Principal) -> CourseOut:
+        """Publish a course. A venue publishes for itself; an operator names the venue_id."""
+        venue_id = principal.venue_id if principal.role == "venue" else data.venue_id
+        if venue_id is None:
+            raise Invalid("An operator must give venue_id.")
+        if principal.role == "venue" and data.venue_id not in (None, principal.venue_id):
+            raise Forbidden("A venue can publish courses only for itself.")
+        try:
+            course_id = await self.pool.fetchval(
+                INSERT_COURSE, venue_id, data.title, data.category, data.teacher,
+                data.description, data.starts_at, data.ends_at, data.capacity, data.price_cents,
+                data.sales_open_at, data.hold_minutes, data.cancel_deadline)
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise constraint_error(exc) from exc
+        self.reads.clear()
+        return await self._reloaded(course_id)
+
+    async def update(self, course_id: int, data: CoursePatch,
+                     principal: Principal) -> CourseOut:
+        """Change a course: capacity (never below active bookings), times, texts, or cancel
+        it (every booking, hold and place with it, each resident told)."""
+        changes = {name: getattr(data, name) for name in PATCHABLE
+                   if getattr(data, name) is not msgspec.UNSET}
+        if not 1 <= course_id <= MAX_ID:
+            raise NotFound.of("course")
+        async with self.pool.acquire() as conn, conn.transaction():
+            current = await conn.fetchrow(
+                "SELECT venue_id, status FROM courses WHERE id = $1 FOR UPDATE", course_id)
+            if current is None:
+                raise NotFound.of("course")
+            check_owner(principal, current["venue_id"])
+            if current["status"] == "cancelled" and changes:
+                raise COURSE_CANCELLED.again()
+            if changes:
+                await _apply(conn, course_id, changes)
+        self.reads.clear()
+        loaded = await self.seats.loader.load(course_id)
+        if loaded is not None and loaded.seats_left > 0:  # more seats: the waitlist first
+            await promote_waiting(self.pool, self.seats.gate, course_id)
+        return await self._reloaded(course_id)
+
+    async def _reloaded(self, course_id: int) -> CourseOut:
+        """The course as it is now, with the gate reloaded from Postgres after a change."""
+        loaded = await self.seats.loader.load(course_id)
+        return course_out(await self.row(course_id), loaded.seats_left if loaded else None)
 
 
 async def _apply(conn: asyncpg.Connection, course_id: int, changes: dict[str, object]) -> None:
@@ -260,6 +257,51 @@ async def cancel_everyone(conn: asyncpg.Connection, course_id: int) -> None:
     for row in await conn.fetch(CLEAR_WAITLIST, course_id):
         await add_notification(conn, "course_cancelled", row["resident_id"],
                                {"course_id": course_id, "waitlist": "cleared"})
+
+
+# --- /v1 --------------------------------------------------------------------------------------
+
+@post("/v1/courses", operation_id="createCourse", tags=["courses"],
+      **requires("venue", "operator", errors=(404, 413)))
+async def create_course(request: Request[Principal, Any, State], data: CourseIn,
+                        courses: Courses) -> CourseOut:
+    """Publish a course. A venue publishes for itself; an operator names the venue_id."""
+    return await courses.create(data, request.user)
+
+
+@get("/v1/courses", operation_id="listCourses", tags=["courses"],
+     responses=documented(400, 503))
+async def list_courses(
+    request: Request,
+    courses: Courses,
+    venue_id: Annotated[int | None, Parameter(ge=1, le=MAX_ID)] = None,
+    district: Annotated[str | None, Parameter(max_length=100, pattern=NO_NUL)] = None,
+    category: Annotated[str | None, Parameter(max_length=60, pattern=NO_NUL)] = None,
+    available: bool | None = None,
+    limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+    offset: Annotated[int, Parameter(ge=0, le=1_000_000)] = 0,
+) -> CoursePage:
+    """Courses with live seats_left, soonest first; `available=true` keeps those with seats."""
+    unknown = set(request.query_params) - LIST_FILTERS
+    if unknown:
+        raise Invalid(f"Unknown query parameter: {', '.join(sorted(unknown))}.")
+    return await courses.page(CourseQuery(venue_id, district, category, available, limit,
+                                          offset))
+
+
+@get("/v1/courses/{course_id:int}", operation_id="getCourse", tags=["courses"],
+     responses=documented(400, 404, 503))
+async def get_course(course_id: CourseId, courses: Courses) -> CourseOut:
+    """One course with its live seats_left."""
+    return await courses.one(course_id)
+
+
+@patch("/v1/courses/{course_id:int}", operation_id="updateCourse", tags=["courses"],
+       **requires("venue", "operator", errors=(404, 409, 413)))
+async def update_course(request: Request[Principal, Any, State], course_id: CourseId,
+                        data: CoursePatch, courses: Courses) -> CourseOut:
+    """Change a course: capacity (never below active bookings), times, texts, or cancel it."""
+    return await courses.update(course_id, data, request.user)
 
 
 HANDLERS: list[Any] = [create_course, list_courses, get_course, update_course]

@@ -20,6 +20,7 @@ from litestar import Request, Response, get, post
 
 from booking.core.auth import requires
 from booking.core.errors import (
+    ApiError,
     Conflict,
     Invalid,
     NotFound,
@@ -29,7 +30,6 @@ from booking.core.errors import (
 )
 from booking.core.fields import NO_NUL
 from booking.core.observability import PAYMENTS
-from booking.core.settings import Settings
 from booking.core.signing import SIGNATURE_HEADER, signature_ok
 
 
@@ -83,25 +83,28 @@ REF_REUSED = Conflict("This provider reference was used for another booking.",
                       code="provider_ref_reused")
 
 
-@post("/v1/payments/callback", operation_id="paymentCallback", tags=["payments"],
-      status_code=200, responses=documented(400, 401, 404, 409, 413, 503))
-async def payment_callback(request: Request, settings: Settings,
-                           pool: asyncpg.Pool) -> Response[PaymentOut]:
-    """The payment provider reports a paid hold (JSON body signed with HMAC-SHA256 in the
-    X-Booking-Signature header: `sha256=<hex>`). Same callback twice: same answer."""
-    body = await request.body()
-    if not signature_ok(settings.payment_secret, body, request.headers.get(SIGNATURE_HEADER)):
-        raise BAD_SIGNATURE.again()
-    try:
-        callback = msgspec.json.decode(body, type=PaymentCallback)
-    except msgspec.DecodeError as exc:
-        raise Invalid(f"Invalid payment callback: {exc}") from exc
-    async with pool.acquire() as conn, conn.transaction():
-        result, repeated = await _settle_payment(conn, callback)
-    PAYMENTS.labels("repeated" if repeated else result.outcome).inc()
-    if result.outcome == "amount_mismatch":
-        return answer(AMOUNT_MISMATCH)
-    return Response(result, status_code=200)
+class Payments:
+    """The payments domain's service: settle a signed callback, list refunds due."""
+
+    def __init__(self, pool: asyncpg.Pool, secret: str) -> None:
+        self.pool = pool
+        self._secret = secret
+
+    async def settle(self, body: bytes, signature: str | None) -> PaymentOut | ApiError:
+        """The answer to a callback: nothing is read from a body that is not signed."""
+        if not signature_ok(self._secret, body, signature):
+            raise BAD_SIGNATURE.again()
+        try:
+            callback = msgspec.json.decode(body, type=PaymentCallback)
+        except msgspec.DecodeError as exc:
+            raise Invalid(f"Invalid payment callback: {exc}") from exc
+        async with self.pool.acquire() as conn, conn.transaction():
+            result, repeated = await _settle_payment(conn, callback)
+        PAYMENTS.labels("repeated" if repeated else result.outcome).inc()
+        return AMOUNT_MISMATCH if result.outcome == "amount_mismatch" else result
+
+    async def refunds_due(self) -> list[RefundDue]:
+        return [RefundDue(**dict(row)) for row in await self.pool.fetch(REFUNDS_DUE)]
 
 
 async def _settle_payment(conn: asyncpg.Connection,
@@ -128,12 +131,25 @@ async def _settle_payment(conn: asyncpg.Connection,
     return PaymentOut(callback.provider_ref, str(callback.booking_id), outcome, status), False
 
 
+# --- /v1 --------------------------------------------------------------------------------------
+
+@post("/v1/payments/callback", operation_id="paymentCallback", tags=["payments"],
+      status_code=200, responses=documented(400, 401, 404, 409, 413, 503))
+async def payment_callback(request: Request, payments: Payments) -> Response[PaymentOut]:
+    """The payment provider reports a paid hold (JSON body signed with HMAC-SHA256 in the
+    X-Booking-Signature header: `sha256=<hex>`). Same callback twice: same answer."""
+    result = await payments.settle(await request.body(), request.headers.get(SIGNATURE_HEADER))
+    if isinstance(result, ApiError):
+        return answer(result)
+    return Response(result, status_code=200)
+
+
 @get("/v1/payments/refunds", operation_id="refundsDue", tags=["payments"],
      **requires("operator"))
-async def refunds_due(pool: asyncpg.Pool) -> list[RefundDue]:
+async def refunds_due(payments: Payments) -> list[RefundDue]:
     """Payments to give back: they came for a hold that had lapsed or was no longer active
     (operators)."""
-    return [RefundDue(**dict(row)) for row in await pool.fetch(REFUNDS_DUE)]
+    return await payments.refunds_due()
 
 
 HANDLERS: list[Any] = [payment_callback, refunds_due]

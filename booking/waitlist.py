@@ -13,7 +13,8 @@ from typing import Annotated, Any
 
 import asyncpg
 import msgspec
-from litestar import Response, delete, get, post
+from litestar import Request, Response, delete, get, post
+from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
@@ -62,84 +63,98 @@ def entry_out(row: asyncpg.Record) -> WaitlistEntryOut:
 CourseId = Annotated[int, Parameter(description="Course id")]
 
 
-async def my_place(pool: asyncpg.Pool, course_id: int, resident_id: str) -> asyncpg.Record:
-    """The resident's waiting place in a course, or NotFound."""
-    mine = await pool.fetchrow(MY_PLACE, course_id, resident_id) if course_id <= MAX_ID else None
-    if mine is None:
-        raise NotFound.of("waitlist place of yours")
-    return mine
+class Waitlist:
+    """The waitlist domain's service: what the `/v1` handlers and the pages call."""
+
+    def __init__(self, seats: Seats, pool: asyncpg.Pool) -> None:
+        self.seats = seats
+        self.pool = pool
+
+    async def place(self, course_id: int, resident_id: str) -> WaitlistEntryOut:
+        """The resident's waiting place in a course, or NotFound."""
+        mine = await self._mine(course_id, resident_id)
+        if mine is None:
+            raise NotFound.of("waitlist place of yours")
+        return entry_out(mine)
+
+    async def _mine(self, course_id: int, resident_id: str) -> asyncpg.Record | None:
+        if not 1 <= course_id <= MAX_ID:
+            return None
+        return await self.pool.fetchrow(MY_PLACE, course_id, resident_id)
+
+    async def join(self, course_id: int, resident_id: str) -> tuple[WaitlistEntryOut, bool]:
+        """Wait for a sold-out course: the place, and whether it is new (False: waiting
+        already). 409 `seats_available` when a seat is free (grab it instead), or
+        `already_booked`."""
+        mine = await self._mine(course_id, resident_id)
+        if mine is not None:
+            return entry_out(mine), False
+        if await self.pool.fetchval(HOLDS_A_SEAT, course_id, resident_id):
+            raise ALREADY_BOOKED.again()
+        joined = await self._join(course_id, resident_id)
+        mine = await self._mine(course_id, resident_id)
+        if mine is None:  # promoted or gone between the commit and this read
+            raise Unavailable("Your place changed while it was being saved; please look again.")
+        return entry_out(mine), joined
+
+    async def _join(self, course_id: int, resident_id: str) -> bool:
+        """Write the place and put it in the gate's queue in one go; False when a twin request
+        of the same resident wrote it first."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            # A share lock on the course: a cancellation (which clears the waitlist) waits.
+            status = await conn.fetchval(COURSE_STATUS, course_id)
+            if status is None:
+                raise NotFound.of("course")
+            if status != "published":
+                raise COURSE_CANCELLED.again()
+            place = await conn.fetchval(JOIN, course_id, resident_id)
+            if place is None:
+                return False
+            decision = await self.seats.wait(course_id, resident_id, place)
+            if decision.outcome is not Outcome.WAITING:
+                raise refusal(decision).again()
+        return True
+
+    async def leave(self, course_id: int, resident_id: str) -> WaitlistEntryOut:
+        left = await self.pool.fetchrow(LEAVE, course_id, resident_id) \
+            if 1 <= course_id <= MAX_ID else None
+        if left is None:
+            raise NotFound.of("waitlist place of yours")
+        await self.seats.gate.leave_waitlist(course_id, resident_id)
+        return WaitlistEntryOut(left["course_id"], left["resident_id"], left["status"], None,
+                                left["joined_at"])
 
 
-async def join(seats: Seats, pool: asyncpg.Pool, course_id: int,
-               resident_id: str) -> tuple[WaitlistEntryOut, bool]:
-    """Wait for a sold-out course: the place, and whether it is new (False: waiting already).
-    409 `seats_available` when a seat is free (grab it instead), `already_booked`."""
-    mine = await pool.fetchrow(MY_PLACE, course_id, resident_id) if course_id <= MAX_ID else None
-    if mine is not None:
-        return entry_out(mine), False
-    if await pool.fetchval(HOLDS_A_SEAT, course_id, resident_id):
-        raise ALREADY_BOOKED.again()
-    joined = await _join(seats, pool, course_id, resident_id)
-    mine = await pool.fetchrow(MY_PLACE, course_id, resident_id)
-    if mine is None:  # promoted or gone between the commit and this read
-        raise Unavailable("Your place changed while it was being saved; please look again.")
-    return entry_out(mine), joined
+# --- /v1 --------------------------------------------------------------------------------------
 
-
-async def _join(seats: Seats, pool: asyncpg.Pool, course_id: int, resident_id: str) -> bool:
-    """Write the place and put it in the gate's queue in one go; False when a twin request of
-    the same resident wrote it first."""
-    async with pool.acquire() as conn, conn.transaction():
-        # A share lock on the course: a cancellation (which clears the waitlist) waits for us.
-        status = await conn.fetchval(COURSE_STATUS, course_id)
-        if status is None:
-            raise NotFound.of("course")
-        if status != "published":
-            raise COURSE_CANCELLED.again()
-        place = await conn.fetchval(JOIN, course_id, resident_id)
-        if place is None:
-            return False
-        decision = await seats.wait(course_id, resident_id, place)
-        if decision.outcome is not Outcome.WAITING:
-            raise refusal(decision).again()
-    return True
-
-
-async def leave(seats: Seats, pool: asyncpg.Pool, course_id: int,
-                resident_id: str) -> WaitlistEntryOut:
-    left = await pool.fetchrow(LEAVE, course_id, resident_id) if course_id <= MAX_ID else None
-    if left is None:
-        raise NotFound.of("waitlist place of yours")
-    await seats.gate.leave_waitlist(course_id, resident_id)
-    return WaitlistEntryOut(left["course_id"], left["resident_id"], left["status"], None,
-                            left["joined_at"])
+Caller = Request[Principal, Any, State]  # request.user: the principal the middleware checked
 
 
 @post("/v1/courses/{course_id:int}/waitlist", operation_id="joinWaitlist", tags=["waitlist"],
       status_code=201, **requires("resident", errors=(404, 409), also={
           200: ResponseSpec(WaitlistEntryOut, description="Your place, already taken before")}))
-async def join_waitlist(course_id: CourseId, principal: Principal, seats: Seats,
-                        pool: asyncpg.Pool) -> Response[WaitlistEntryOut]:
+async def join_waitlist(request: Caller, course_id: CourseId,
+                        waitlist: Waitlist) -> Response[WaitlistEntryOut]:
     """Wait for a sold-out course: 201 with your position (1 = next), 200 if you already wait,
     409 `seats_available` when a seat is free (grab it instead)."""
-    entry, joined = await join(seats, pool, course_id, principal.sub)
+    entry, joined = await waitlist.join(course_id, request.user.sub)
     return Response(entry, status_code=201 if joined else 200)
 
 
 @get("/v1/courses/{course_id:int}/waitlist/me", operation_id="myWaitlistPlace",
      tags=["waitlist"], **requires("resident", errors=(404,)))
-async def my_waitlist_place(course_id: CourseId, principal: Principal,
-                            pool: asyncpg.Pool) -> WaitlistEntryOut:
+async def my_waitlist_place(request: Caller, course_id: CourseId,
+                            waitlist: Waitlist) -> WaitlistEntryOut:
     """Your current place in the waitlist of a course."""
-    return entry_out(await my_place(pool, course_id, principal.sub))
+    return await waitlist.place(course_id, request.user.sub)
 
 
 @delete("/v1/courses/{course_id:int}/waitlist/me", operation_id="leaveWaitlist",
         tags=["waitlist"], status_code=200, **requires("resident", errors=(404,)))
-async def leave_waitlist(course_id: CourseId, principal: Principal, seats: Seats,
-                         pool: asyncpg.Pool) -> WaitlistEntryOut:
+async def leave_waitlist(request: Caller, course_id: CourseId,
+                         waitlist: Waitlist) -> WaitlistEntryOut:
     """Leave the waitlist of a course."""
-    return await leave(seats, pool, course_id, principal.sub)
+    return await waitlist.leave(course_id, request.user.sub)
 
 
 HANDLERS: list[Any] = [join_waitlist, my_waitlist_place, leave_waitlist]
