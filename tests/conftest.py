@@ -8,6 +8,7 @@ as `python -m booking serve` with two workers, exactly as a user would start it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -107,15 +108,25 @@ def server_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("server") / "server.log"
 
 
-@pytest.fixture(scope="session")
-def server(stores: Stores, db: asyncpg.Pool, redis: Redis, server_log: Path) -> Iterator[str]:
-    service = Service(service_env(stores, server_log.parent, BOOKING_WORKERS="2"), server_log)
+@contextlib.contextmanager
+def running_service(stores: Stores, log: Path, **extra: str) -> Iterator[str]:
+    """`booking serve` on the test stores, its output in `log`; yields its base URL and stops
+    it afterwards."""
+    service = Service(service_env(stores, log.parent, **extra), log)
     try:
         service.start()
     except ServiceError as exc:
         pytest.fail(str(exc))
-    yield service.base_url
-    service.stop()
+    try:
+        yield service.base_url
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def server(stores: Stores, db: asyncpg.Pool, redis: Redis, server_log: Path) -> Iterator[str]:
+    with running_service(stores, server_log, BOOKING_WORKERS="2") as base_url:
+        yield base_url
 
 
 @pytest_asyncio.fixture(scope="session")

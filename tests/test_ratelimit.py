@@ -24,12 +24,10 @@ from conftest import (
     grab,
     make_course,
     resident,
-    service_env,
+    running_service,
     unique,
 )
 from redis.asyncio import Redis
-
-from booking.ops.service import Service, ServiceError
 
 PER_RESIDENT, PER_ADDRESS, WINDOW_S = 60, 1000, 3600
 
@@ -39,16 +37,10 @@ def limited_server(stores: Stores, db: asyncpg.Pool, redis: Redis,
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second `booking serve` on the session's stores, with hour-long rate windows."""
     log = tmp_path_factory.mktemp("limited") / "server.log"
-    env = service_env(stores, log.parent, BOOKING_WORKERS="1",
-                      BOOKING_RATE_RESIDENT=f"{PER_RESIDENT}/{WINDOW_S}",
-                      BOOKING_RATE_ADDRESS=f"{PER_ADDRESS}/{WINDOW_S}")
-    service = Service(env, log)
-    try:
-        service.start()
-    except ServiceError as exc:
-        pytest.fail(str(exc))
-    yield service.base_url
-    service.stop()
+    with running_service(stores, log, BOOKING_WORKERS="1",
+                         BOOKING_RATE_RESIDENT=f"{PER_RESIDENT}/{WINDOW_S}",
+                         BOOKING_RATE_ADDRESS=f"{PER_ADDRESS}/{WINDOW_S}") as base_url:
+        yield base_url
 
 
 @pytest_asyncio.fixture(scope="module")
