@@ -18,8 +18,8 @@ import asyncpg
 
 from booking.core.batching import MicroBatcher
 from booking.core.observability import COMMIT_BATCH_ROWS
-from booking.ledger.promotions import free_seat
-from booking.ledger.states import Status, new_status
+from booking.ledger.promotions import CONNECTION_LOST, free_seat
+from booking.ledger.states import Status
 from booking.seats import SeatGate
 
 log = logging.getLogger("booking.ledger.commit")
@@ -28,14 +28,18 @@ log = logging.getLogger("booking.ledger.commit")
 # the app sets less (it does: a quarter of the pending timeout, see booking/app.py).
 DEFAULT_DEADLINE_S = 10.0
 
+# Postgres decides what a new row is, as it does for swaps and promotions: `held` with an expiry
+# of now() + the course's hold on a paid course, `confirmed` otherwise. Its clock and its course
+# row, not the worker's clock or the gate's copy of the price (one clock for every hold).
 INSERT_MANY = """
-INSERT INTO bookings (id, course_id, resident_id, created_at, status, expires_at)
-SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[], $5::text[],
-                     $6::timestamptz[])
-"""
-INSERT_ONE = """
-INSERT INTO bookings (id, course_id, resident_id, created_at, status, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO bookings (id, course_id, resident_id, status, expires_at)
+SELECT n.id, n.course_id, n.resident_id, new_booking_status(hold.s), new_booking_expiry(hold.s)
+FROM unnest($1::uuid[], $2::bigint[], $3::text[])
+     WITH ORDINALITY AS n(id, course_id, resident_id, i)
+JOIN courses c ON c.id = n.course_id
+CROSS JOIN LATERAL course_hold_s(c.price_cents, c.hold_minutes) AS hold(s)
+ORDER BY n.i  -- in the order they queued
+RETURNING id::text AS id, status, created_at, expires_at
 """
 
 
@@ -51,16 +55,31 @@ class CommitFailed(Exception):
 
 @dataclass(slots=True)
 class NewBooking:
+    """A booking the gate gave a seat to, on its way to Postgres."""
+
     id: str
     course_id: int
     resident_id: str
-    created_at: datetime
-    expires_at: datetime | None = None  # a hold of a paid course; None: confirmed at once
     queued_at: float = 0.0
 
-    @property
-    def status(self) -> Status:
-        return new_status(self.expires_at)
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A committed row as Postgres wrote it (a hold's expiry by Postgres's clock)."""
+
+    status: Status
+    created_at: datetime
+    expires_at: datetime | None  # a hold of a paid course; None: confirmed at once
+
+
+Outcome = Written | CommitFailed
+
+
+def _failure(exc: Exception) -> CommitFailed:
+    """What a failed statement means for its rows: an error Postgres answered rolled the
+    statement back (surely not written); a lost connection leaves the outcome unknown."""
+    return CommitFailed(f"{type(exc).__name__}: {exc}",
+                        certain=not isinstance(exc, CONNECTION_LOST))
 
 
 class BookingLedger:
@@ -69,19 +88,19 @@ class BookingLedger:
         self._pool = pool
         self._gate = gate
         self._deadline_s = deadline_s
-        self._batcher: MicroBatcher[NewBooking, None] = MicroBatcher(
+        self._batcher: MicroBatcher[NewBooking, Written] = MicroBatcher(
             self._write, flushers=flushers, max_batch=max_batch)
 
     async def close(self) -> None:
         await self._batcher.close()
 
-    async def record(self, booking: NewBooking) -> None:
-        """Return once the booking row is committed; raise CommitFailed otherwise. A write that
+    async def record(self, booking: NewBooking) -> Written:
+        """Return the row once it is committed; raise CommitFailed otherwise. A write that
         surely failed has given its seat back (to the first resident waiting, if any) by then;
         one whose outcome is unknown leaves it pending for the reconciler to judge."""
         booking.queued_at = asyncio.get_running_loop().time()
         try:
-            await self._batcher.submit(booking)
+            return await self._batcher.submit(booking)
         except CommitFailed as exc:
             if exc.certain:
                 await self._give_back(booking)
@@ -94,17 +113,21 @@ class BookingLedger:
         except Exception as exc:  # the reconciler gives it back after the pending timeout
             log.warning("could not give back seat of %s: %s", booking.id, exc)
 
-    async def _write(self, batch: list[NewBooking]) -> list[CommitFailed | None]:
+    def _late(self, booking: NewBooking, budgets: int = 1) -> bool:
+        """Queued longer than `budgets` deadlines ago: too late to start writing it."""
+        waited = asyncio.get_running_loop().time() - booking.queued_at
+        return waited > self._deadline_s * budgets
+
+    async def _write(self, batch: list[NewBooking]) -> list[Outcome]:
         """One INSERT for the batch; the outcome of each row, in order."""
-        outcome: dict[str, CommitFailed | None] = {}
-        cutoff = asyncio.get_running_loop().time() - self._deadline_s
+        outcome: dict[str, Outcome] = {}
         for booking in batch:
-            if booking.queued_at < cutoff:
+            if self._late(booking):
                 outcome[booking.id] = CommitFailed("waited too long for the database")
         todo = [b for b in batch if b.id not in outcome]
         if todo:
             outcome.update(await self._insert(todo))
-        committed = [b for b in todo if outcome[b.id] is None]
+        committed = [b for b in todo if isinstance(outcome[b.id], Written)]
         COMMIT_BATCH_ROWS.observe(len(todo))
         if committed:
             try:
@@ -113,7 +136,7 @@ class BookingLedger:
                 log.warning("could not clear pending marks: %s", exc)
         return [outcome[b.id] for b in batch]
 
-    async def _insert(self, batch: list[NewBooking]) -> dict[str, CommitFailed | None]:
+    async def _insert(self, batch: list[NewBooking]) -> dict[str, Outcome]:
         oldest = min(b.queued_at for b in batch)
         budget_s = oldest + self._deadline_s - asyncio.get_running_loop().time()
         try:
@@ -123,34 +146,50 @@ class BookingLedger:
             return dict.fromkeys((b.id for b in batch), failed)
         try:
             try:
-                await conn.execute(INSERT_MANY, [b.id for b in batch],
-                                   [b.course_id for b in batch],
-                                   [b.resident_id for b in batch],
-                                   [b.created_at for b in batch],
-                                   [b.status for b in batch],
-                                   [b.expires_at for b in batch])
-                return dict.fromkeys((b.id for b in batch), None)
+                return await _insert_rows(conn, batch)
             except asyncpg.IntegrityConstraintViolationError:
                 return await self._insert_one_by_one(conn, batch)
-            finally:
-                await self._pool.release(conn)
-        except asyncpg.PostgresError as exc:
-            failed = CommitFailed(f"{type(exc).__name__}: {exc}")
-        except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError,
-                TimeoutError) as exc:
-            failed = CommitFailed(f"{type(exc).__name__}: {exc}", certain=False)
-        return dict.fromkeys((b.id for b in batch), failed)
+        except (asyncpg.PostgresError, *CONNECTION_LOST) as exc:
+            return dict.fromkeys((b.id for b in batch), _failure(exc))
+        finally:
+            await self._pool.release(conn)
 
     async def _insert_one_by_one(self, conn: asyncpg.Connection,
-                                 batch: list[NewBooking]) -> dict[str, CommitFailed | None]:
-        outcome: dict[str, CommitFailed | None] = {}
-        for booking in batch:
+                                 batch: list[NewBooking]) -> dict[str, Outcome]:
+        """Each row alone, after a constraint refused the batch, so a bad row never fails its
+        neighbours. Every outcome learnt is kept: a row failing any other way (a statement
+        timeout, a deadlock) fails alone, as its statement was rolled back; once the connection
+        is lost, the rows not yet sent fail (surely not written) and the rest stand. A row is
+        started only within two deadlines of its queueing, so every write is over well before
+        the reconciler may judge its seat stale."""
+        outcome: dict[str, Outcome] = {}
+        for i, booking in enumerate(batch):
+            if self._late(booking, budgets=2):
+                outcome[booking.id] = CommitFailed("waited too long for the database")
+                continue
             try:
-                await conn.execute(INSERT_ONE, booking.id, booking.course_id,
-                                   booking.resident_id, booking.created_at, booking.status,
-                                   booking.expires_at)
-                outcome[booking.id] = None
+                outcome.update(await _insert_rows(conn, [booking]))
             except asyncpg.IntegrityConstraintViolationError as exc:
                 name = getattr(exc, "constraint_name", None)
                 outcome[booking.id] = CommitFailed(f"refused by {name}", constraint=name)
+            except CONNECTION_LOST as exc:
+                outcome[booking.id] = _failure(exc)
+                unsent = CommitFailed("not written: the connection was lost")
+                outcome.update(dict.fromkeys((b.id for b in batch[i + 1:]), unsent))
+                break
+            except asyncpg.PostgresError as exc:
+                outcome[booking.id] = _failure(exc)
         return outcome
+
+
+async def _insert_rows(conn: asyncpg.Connection,
+                       rows: list[NewBooking]) -> dict[str, Outcome]:
+    """One INSERT of the rows (one transaction); what Postgres wrote for each."""
+    written = await conn.fetch(INSERT_MANY, [b.id for b in rows], [b.course_id for b in rows],
+                               [b.resident_id for b in rows])
+    outcome: dict[str, Outcome] = {
+        row["id"]: Written(row["status"], row["created_at"], row["expires_at"])
+        for row in written}
+    for booking in rows:  # the gate seated a course Postgres does not have
+        outcome.setdefault(booking.id, CommitFailed("no such course"))
+    return outcome

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 
 import asyncpg
@@ -24,8 +23,15 @@ log = logging.getLogger("booking.sweeper")
 RECONCILER_LOCK = "booking:reconciler-lock"
 FULL_ROUND_MARK = "booking:reconciler-full-round"
 FULL_ROUND_EVERY = 10  # rounds
+# The start of a round: take the lock (ARGV[1] our token, for at most ARGV[2] ms) and say when,
+# by Redis's clock (0: another worker holds it). Pace and lapse are both judged by that clock.
+_TAKE_ROUND = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+local clock = redis.call('TIME')
+return tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
 # At the end of a round: if the lock is still ours, keep it until the round's pace is over
-# (ARGV[2], ms since the epoch), or drop it if that moment has passed.
+# (ARGV[2], ms since the epoch by Redis's clock), or drop it if that moment has passed.
 _END_ROUND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local clock = redis.call('TIME')
@@ -51,20 +57,22 @@ async def sweep_forever(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: f
     The lock is held for the whole round and then until 0.9 intervals after the round began,
     so rounds keep their pace across workers, and whoever holds the lock knows that no round
     is running (tests pause the sweeper that way)."""
+    take_round = gate.redis.register_script(_TAKE_ROUND)
     end_round = gate.redis.register_script(_END_ROUND)
     while True:
         await asyncio.sleep(interval_s)
         try:
             token = uuid.uuid4().hex
-            paced_until_ms = int((time.time() + interval_s * 0.9) * 1000)
             # A round still running after the pending timeout is presumed dead (its worker
             # was killed): the lock lapses and another worker takes over.
             longest_ms = int(max(interval_s * 900, pending_timeout_s * 1000))
-            if not await gate.redis.set(RECONCILER_LOCK, token, nx=True, px=longest_ms):
+            started_ms = int(await take_round(keys=[RECONCILER_LOCK], args=[token, longest_ms]))
+            if not started_ms:
                 continue
             try:
                 await _sweep_round(pool, gate, pending_timeout_s, interval_s)
             finally:
+                paced_until_ms = started_ms + int(interval_s * 900)
                 await end_round(keys=[RECONCILER_LOCK], args=[token, paced_until_ms])
         except asyncio.CancelledError:
             raise
@@ -81,9 +89,9 @@ async def _sweep_round(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: fl
     course_ids = all_ids
     full = await gate.redis.set(FULL_ROUND_MARK, "1", nx=True,
                                 px=int(interval_s * FULL_ROUND_EVERY * 1000))
-    if not full:
-        stale_before_ms = int((time.time() - pending_timeout_s) * 1000)
-        course_ids = await gate.courses_with_stale_pending(course_ids, stale_before_ms)
+    if not full:  # stale by Redis's clock, the one that stamped the marks
+        course_ids = await gate.courses_with_stale_pending(course_ids,
+                                                           int(pending_timeout_s * 1000))
     if course_ids:
         report = await reconcile_all(pool, gate, pending_timeout_s, course_ids)
         if report.given_back or report.restored:

@@ -12,7 +12,10 @@ local freed = 0
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
-  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'left', 1) end
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    redis.call('HINCRBY', KEYS[1], 'left', 1)
+    redis.call('HINCRBY', KEYS[1], 'version', 1)  -- a sync that read before this changes nothing
+  end
   freed = 1
 end
 local out = {freed}

@@ -72,10 +72,38 @@ class Promotion:
 
 
 @dataclass(frozen=True, slots=True)
+class GateSnapshot:
+    """What a sync saw in the gate before it read the ledger (see sync.lua)."""
+
+    settled: Mapping[str, str]  # holders not pending: resident id -> booking id
+    version: int  # the gate's version of the course (0: the gate does not have it)
+
+
+@dataclass(frozen=True, slots=True)
 class SyncResult:
-    seats_left: int
+    seats_left: int  # -1: the gate does not have the course (a sync that changed nothing)
     given_back: int
     restored: int
+    applied: bool = True  # False: the gate changed since the snapshot; nothing was written
+
+
+# Takes a resident out of a course's queue (they left it in Postgres) and, if they were in it,
+# moves the course's version on, so that a sync that read Postgres before they left does not
+# put them back (see sync.lua). KEYS: course info hash, waiting zset; ARGV: resident id.
+_LEAVE_QUEUE = """
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'version', 1)
+end
+return 1
+"""
+# Whether a course holds a pending mark older than ARGV[1] ms by Redis's clock, the clock that
+# stamped the mark. KEYS: the course's pending zset.
+_HAS_STALE_PENDING = """
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+return #redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now_ms - tonumber(ARGV[1])),
+                   'LIMIT', 0, 1)
+"""
 
 
 class SeatGate:
@@ -87,6 +115,8 @@ class SeatGate:
         self._wait = load_script(redis, "booking.seats", "wait")
         self._leaving = load_script(redis, "booking.seats", "leaving")
         self._sync = load_script(redis, "booking.seats", "sync")
+        self._leave_queue = redis.register_script(_LEAVE_QUEUE)
+        self._has_stale_pending = redis.register_script(_HAS_STALE_PENDING)
         self._grabs: MicroBatcher[tuple[int, str, str], Decision] = MicroBatcher(
             self._grab_many, flushers=1, max_batch=512)
 
@@ -134,7 +164,9 @@ class SeatGate:
         return _decision(reply)
 
     async def leave_waitlist(self, course_id: int, resident_id: str) -> None:
-        await self.redis.zrem(course_keys(course_id)[3], resident_id)
+        """Take a resident who left the waitlist (in Postgres) out of the gate's queue."""
+        info, _, _, waiting = course_keys(course_id)
+        await self._leave_queue(keys=[info, waiting], args=[resident_id])
 
     async def settle(self, committed: Iterable[tuple[int, str]]) -> None:
         """Clear the pending marks of grabs whose rows are committed, one pipeline for all."""
@@ -148,26 +180,32 @@ class SeatGate:
                 pipe.zrem(course_keys(course_id)[2], *residents)
             await pipe.execute()
 
-    async def settled_holders(self, course_id: int) -> dict[str, str]:
-        """Holders not pending right now: taken before sync reads the ledger."""
-        _, holders_key, pending_key, _ = course_keys(course_id)
+    async def snapshot(self, course_id: int) -> GateSnapshot:
+        """What a sync must see before it reads the ledger: the holders not pending right
+        now, and the course's version."""
+        info_key, holders_key, pending_key, _ = course_keys(course_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(holders_key)
             pipe.zrange(pending_key, 0, -1)
-            holders, pending = await pipe.execute()
+            pipe.hget(info_key, "version")
+            holders, pending, version = await pipe.execute()
         pending_set = set(pending)
-        return {res: bid for res, bid in holders.items() if res not in pending_set}
+        settled = {res: bid for res, bid in holders.items() if res not in pending_set}
+        return GateSnapshot(settled, int(version or 0))
 
-    async def sync(self, course_id: int, ledger: CourseGateState, settled: Mapping[str, str],
-                   stale_before_ms: int) -> SyncResult:
-        args: list[object] = [ledger.capacity, ledger.status, ledger.opens_at_ms, stale_before_ms,
-                              ledger.hold_s]
-        for mapping in (ledger.bookings, settled, ledger.waiting):
+    async def sync(self, course_id: int, ledger: CourseGateState, seen: GateSnapshot,
+                   pending_timeout_ms: int) -> SyncResult:
+        """Make the gate agree with `ledger`, read after `seen` was taken; nothing changes (and
+        `applied` is False) when the course's version moved on since `seen`."""
+        args: list[object] = [ledger.capacity, ledger.status, ledger.opens_at_ms,
+                              pending_timeout_ms, ledger.hold_s, seen.version]
+        for mapping in (ledger.bookings, seen.settled, ledger.waiting):
             args.append(len(mapping))
             for resident_id, value in mapping.items():
                 args += (resident_id, value)
-        left, given_back, restored = await self._sync(keys=course_keys(course_id), args=args)
-        return SyncResult(int(left), int(given_back), int(restored))
+        left, given_back, restored, applied = await self._sync(keys=course_keys(course_id),
+                                                               args=args)
+        return SyncResult(int(left), int(given_back), int(restored), bool(applied))
 
     async def seats_left(self, course_ids: Sequence[int]) -> list[int | None]:
         """Live seats left per course; None where the gate has not loaded the course."""
@@ -193,15 +231,16 @@ class SeatGate:
                 if replies[2 * i] is not None and int(replies[2 * i]) > 0 and replies[2 * i + 1]]
 
     async def courses_with_stale_pending(self, course_ids: Sequence[int],
-                                         stale_before_ms: int) -> list[int]:
-        """Courses holding a pending mark older than `stale_before_ms`."""
+                                         pending_timeout_ms: int) -> list[int]:
+        """Courses holding a pending mark older than `pending_timeout_ms` by Redis's clock (the
+        one that stamped it), one script per course in one pipeline."""
         if not course_ids:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for course_id in course_ids:
-                pipe.zrangebyscore(course_keys(course_id)[2], "-inf", f"({stale_before_ms}",
-                                   start=0, num=1)
-            replies = await pipe.execute()
+        replies = await run_many(self.redis, self._has_stale_pending, [
+            ((course_keys(course_id)[2],), (pending_timeout_ms,)) for course_id in course_ids])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         return [cid for cid, reply in zip(course_ids, replies, strict=True) if reply]
 
 

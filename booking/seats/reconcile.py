@@ -2,20 +2,24 @@
 
 `reconcile_course` is the one way a course gets into Redis: on creation, after a change, after
 Redis lost its data (the first grab finds the course missing) and for stale pending seats whose
-writer died. The order matters: the settled holders are read from Redis *before* Postgres, so a
-grab committed in between is never mistaken for a stale one (see sync.lua).
+writer died. The order matters: the gate is looked at (its settled holders and the course's
+version) *before* Postgres is read, so a grab committed in between is never mistaken for a stale
+one, and a change applied to the gate in between makes the sync change nothing and read again
+instead of writing back what it read before that change (see sync.lua).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
 from dataclasses import dataclass
 
 import asyncpg
 
 from booking.core.observability import RECONCILER_SEATS
-from booking.seats import CourseGateState, SeatGate, SyncResult
+from booking.seats.gate import CourseGateState, SeatGate, SyncResult
+
+log = logging.getLogger("booking.seats.reconcile")
 
 COURSE_STATE = """
 SELECT capacity, status, (extract(epoch FROM sales_open_at) * 1000)::bigint AS opens_at_ms,
@@ -28,6 +32,9 @@ WHERE course_id = $1 AND booking_active(status)
 """
 WAITING = "SELECT resident_id, id FROM waitlist WHERE course_id = $1 AND status = 'waiting'"
 ALL_COURSE_IDS = "SELECT id FROM courses ORDER BY id"
+# A sync finding the gate changed since it looked reads again, this many times at most (each
+# retry needs yet another change to the course within one read of it).
+SYNC_ATTEMPTS = 5
 
 
 async def read_ledger(pool: asyncpg.Pool, course_id: int) -> CourseGateState | None:
@@ -45,13 +52,20 @@ async def read_ledger(pool: asyncpg.Pool, course_id: int) -> CourseGateState | N
 
 async def reconcile_course(pool: asyncpg.Pool, gate: SeatGate, course_id: int,
                            pending_timeout_s: float) -> SyncResult | None:
-    """Bring one course's gate in line with Postgres; None when Postgres has no such course."""
-    settled = await gate.settled_holders(course_id)
-    ledger = await read_ledger(pool, course_id)
-    if ledger is None:
-        return None
-    stale_before_ms = int((time.time() - pending_timeout_s) * 1000)
-    result = await gate.sync(course_id, ledger, settled, stale_before_ms)
+    """Bring one course's gate in line with Postgres; None when Postgres has no such course.
+    A sync that found the gate changed after it looked (a newer change applied meanwhile)
+    wrote nothing and is done again from a fresh read."""
+    for _ in range(SYNC_ATTEMPTS):
+        seen = await gate.snapshot(course_id)
+        ledger = await read_ledger(pool, course_id)
+        if ledger is None:
+            return None
+        result = await gate.sync(course_id, ledger, seen, int(pending_timeout_s * 1000))
+        if result.applied:
+            break
+    else:
+        log.warning("course %s kept changing while it was synced; left for the next round",
+                    course_id)
     if result.given_back:
         RECONCILER_SEATS.labels("given_back").inc(result.given_back)
     if result.restored:
@@ -81,22 +95,37 @@ async def reconcile_all(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: f
 
 
 class CourseLoader:
-    """Loads a course into the gate once per process, however many grabs ask at once."""
+    """Loads a course into the gate, however many callers ask at once.
+
+    Every caller is answered by a load that began reading Postgres after it asked, so a change
+    committed just before (a PATCH, then its reload) is never answered by a snapshot taken
+    before that change. Callers that ask while a load is reading share the one load queued
+    behind it; one load per course runs at a time."""
 
     def __init__(self, pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: float) -> None:
         self._pool = pool
         self._gate = gate
         self._pending_timeout_s = pending_timeout_s
-        self._in_flight: dict[int, asyncio.Future[SyncResult | None]] = {}
+        self._queued: dict[int, asyncio.Future[SyncResult | None]] = {}  # not reading yet
+        self._running: dict[int, asyncio.Future[SyncResult | None]] = {}
 
     async def load(self, course_id: int) -> SyncResult | None:
-        running = self._in_flight.get(course_id)
-        if running is not None:
-            return await asyncio.shield(running)
-        task = asyncio.ensure_future(
-            reconcile_course(self._pool, self._gate, course_id, self._pending_timeout_s))
-        self._in_flight[course_id] = task
+        queued = self._queued.get(course_id)
+        if queued is None:
+            queued = asyncio.ensure_future(
+                self._load_after(self._running.get(course_id), course_id))
+            self._queued[course_id] = queued
+        return await asyncio.shield(queued)
+
+    async def _load_after(self, previous: asyncio.Future[SyncResult | None] | None,
+                          course_id: int) -> SyncResult | None:
+        if previous is not None:
+            await asyncio.wait([previous])  # its outcome is for its own callers
+        this = self._queued.pop(course_id)  # reading from here on: later callers queue anew
+        self._running[course_id] = this
         try:
-            return await asyncio.shield(task)
+            return await reconcile_course(self._pool, self._gate, course_id,
+                                          self._pending_timeout_s)
         finally:
-            self._in_flight.pop(course_id, None)
+            if self._running.get(course_id) is this:
+                del self._running[course_id]

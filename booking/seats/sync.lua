@@ -1,17 +1,33 @@
 -- Make one course's gate agree with the ledger (Postgres), without disturbing grabs in flight.
 -- KEYS: course info hash, holders hash, pending zset, waiting zset
--- ARGV[1..5]: capacity, status, opens_at ms, stale_before ms, hold seconds (0: free course)
--- ARGV[6] = n, then n pairs (resident, booking id): the active bookings in Postgres
+-- ARGV[1..6]: capacity, status, opens_at ms, pending timeout ms, hold seconds (0: free course),
+--   the course's version the caller saw in the gate before it read Postgres (0: none)
+-- ARGV[7] = n, then n pairs (resident, booking id): the active bookings in Postgres
 -- then m, then m pairs (resident, booking id): holders that were settled (not pending) in a
 --   snapshot taken before Postgres was read
 -- then w, then w pairs (resident, waitlist id): the residents waiting in Postgres
+-- A sync never writes back what it read before a newer change. Every write that applies a
+-- change Postgres already committed moves the course's version on (free.lua freeing a seat, a
+-- resident leaving the queue, a sync); if the version is no longer the one seen before Postgres
+-- was read, such a write may have come after that read, so this sync changes nothing (the caller
+-- reads again). Grabs and promotions need no version: the gate takes their seats before their
+-- rows are written, and a young pending holder is never given back.
 -- A holder missing from Postgres is given back when it was settled in the snapshot (its row is
--- gone) or pending since before stale_before (its writer died); a younger pending holder is a
--- grab still being written and stays. Bookings Postgres has and the gate lacks are restored.
+-- gone) or pending for longer than the pending timeout by Redis's clock, the clock that stamped
+-- the mark (its writer died); a younger pending holder is a grab still being written and stays.
+-- Bookings Postgres has and the gate lacks are restored.
 -- Waiters Postgres has are added (one who left is dropped when a promotion finds out).
--- Returns {seats left, seats given back, holders restored}.
+-- Returns {seats left, seats given back, holders restored, applied (1) or not (0)}; seats left
+-- is -1 when a sync that changed nothing found no course in the gate.
+if redis.replicate_commands then redis.replicate_commands() end
+local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if version ~= tonumber(ARGV[6]) then
+  return {tonumber(redis.call('HGET', KEYS[1], 'left') or '-1'), 0, 0, 0}
+end
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local capacity = tonumber(ARGV[1])
-local stale_before = tonumber(ARGV[4])
+local stale_before = now_ms - tonumber(ARGV[4])
 local function pairs_at(at)
   local found = {}
   for _ = 1, tonumber(ARGV[at]) do
@@ -20,7 +36,7 @@ local function pairs_at(at)
   end
   return found, at + 1
 end
-local ledger, at = pairs_at(6)
+local ledger, at = pairs_at(7)
 local settled, at_waiting = pairs_at(at)
 local waiters = pairs_at(at_waiting)
 
@@ -66,5 +82,5 @@ else
 end
 local left = capacity - redis.call('HLEN', KEYS[2])
 redis.call('HSET', KEYS[1], 'capacity', capacity, 'status', ARGV[2], 'opens_at', ARGV[3],
-           'left', left, 'hold_s', ARGV[5])
-return {left, given_back, restored}
+           'left', left, 'hold_s', ARGV[5], 'version', version + 1)
+return {left, given_back, restored, 1}
