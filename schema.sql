@@ -91,7 +91,9 @@ CREATE INDEX IF NOT EXISTS bookings_held_by_expiry ON bookings (expires_at) WHER
 
 -- No oversell: courses.active_bookings follows the bookings table statement by statement, and
 -- the courses_not_oversold check refuses any statement that would pass capacity. Course rows are
--- updated in id order, so concurrent multi-course batches never deadlock.
+-- updated in id order, so concurrent multi-course batches never deadlock; a transaction of
+-- several statements (a swap, a cancel) locks its course rows in id order before it changes a
+-- booking (booking/bookings.py, LOCK_COURSES).
 CREATE OR REPLACE FUNCTION bookings_apply_active_delta() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -159,8 +161,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS waitlist_one_place_per_resident
 CREATE INDEX IF NOT EXISTS waitlist_queue ON waitlist (course_id, id) WHERE status = 'waiting';
 
 -- Payment callbacks, one row per provider reference: the same callback twice finds its row and
--- gets the same answer. `outcome`: confirmed, refund_due (paid too late or twice) or
--- amount_mismatch.
+-- gets its answer again (refund_due once the booking it paid has ended). `outcome`: confirmed, refund_due (paid too late or twice, or the paid
+-- booking ended without its lesson: booking/ledger/refunds.py, in the transaction that ended
+-- it) or amount_mismatch.
 CREATE TABLE IF NOT EXISTS payments (
     provider_ref text PRIMARY KEY,
     booking_id   uuid NOT NULL REFERENCES bookings (id),

@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
@@ -26,8 +26,10 @@ from booking.core.errors import ApiError, Conflict, NotFound, RateLimited, Unava
 from booking.core.fields import MAX_ID
 from booking.core.observability import GRABS
 from booking.ledger.commit import BookingLedger, CommitFailed, NewBooking
+from booking.ledger.locks import lock_courses
 from booking.ledger.promotions import free_seat
-from booking.ledger.states import hold_expiry, is_active
+from booking.ledger.refunds import owe_refunds
+from booking.ledger.states import is_active
 from booking.seats import Outcome
 from booking.seats.ratelimit import RateLimiter
 from booking.seats.seating import (
@@ -72,7 +74,7 @@ SELECT {COLUMNS} FROM bookings WHERE course_id = $1 AND resident_id = $2 AND {AC
 """
 CANCEL_BOOKING = f"""
 UPDATE bookings SET status = 'cancelled', cancelled_at = now()
-WHERE id = $1 AND resident_id = $2 AND {ACTIVE} RETURNING {COLUMNS}
+WHERE id = $1 AND resident_id = $2 AND {ACTIVE} RETURNING {COLUMNS}, paid_at
 """
 SELECT_OWN = f"SELECT {COLUMNS} FROM bookings WHERE id = $1 AND resident_id = $2"
 SELECT_OWN_FOR_CANCEL = """
@@ -134,27 +136,25 @@ class Bookings:
         decision = await self.seats.take(course_id, resident_id, booking_id)
         GRABS.labels(decision.outcome.value).inc()
         if decision.outcome is Outcome.TAKEN:
-            return await self._commit(course_id, resident_id, booking_id, decision.hold_s)
+            return await self._commit(course_id, resident_id, booking_id)
         if decision.outcome is Outcome.HELD:
             return Grabbed(await self._held_booking(str(decision.booking_id)), new=False)
         return refusal(decision)
 
-    async def _commit(self, course_id: int, resident_id: str, booking_id: str,
-                      hold_s: int) -> Grabbed | ApiError:
-        """Write the row the gate allowed (a hold on a paid course). A failed write has given
-        its seat back (see BookingLedger.record); a refusal by Postgres means the gate was wrong
-        about the course, so it is reloaded and the answer is the ledger's."""
-        created_at = datetime.now(UTC)
-        new = NewBooking(booking_id, course_id, resident_id, created_at,
-                         hold_expiry(created_at, hold_s))
+    async def _commit(self, course_id: int, resident_id: str,
+                      booking_id: str) -> Grabbed | ApiError:
+        """Write the row the gate allowed. Postgres decides its status and a hold's expiry (by
+        its own clock and the course row). A failed write has given its seat back (see
+        BookingLedger.record); a refusal by Postgres means the gate was wrong about the course,
+        so it is reloaded and the answer is the ledger's."""
         try:
-            await self.ledger.record(new)
+            row = await self.ledger.record(NewBooking(booking_id, course_id, resident_id))
         except CommitFailed as exc:
             log.warning("booking %s not committed: %s", booking_id, exc)
             GRABS.labels("not_committed").inc()
             return await self._ledger_refusal(course_id, resident_id, exc.constraint)
-        body = BookingOut(booking_id, course_id, resident_id, new.status, created_at,
-                          new.expires_at)
+        body = BookingOut(booking_id, course_id, resident_id, row.status, row.created_at,
+                          row.expires_at)
         return Grabbed(body, new=True)
 
     async def _ledger_refusal(self, course_id: int, resident_id: str,
@@ -203,12 +203,23 @@ class Bookings:
         if row["too_late"]:
             raise DEADLINE_PASSED.again()
         await gate.mark_leaving(row["course_id"], resident_id, row["id"])
-        cancelled = await pool.fetchrow(CANCEL_BOOKING, booking_id, resident_id)
+        cancelled = await self._write_cancel(booking_id, resident_id, row["course_id"])
         if cancelled is None:  # a twin request (or the hold's expiry) ended it a moment ago
             return booking_out(await pool.fetchrow(SELECT_OWN, booking_id, resident_id))
         if not await free_seat(pool, gate, row["course_id"], resident_id, row["id"]):
             await self.seats.loader.load(row["course_id"])
         return booking_out(cancelled)
+
+    async def _write_cancel(self, booking_id: uuid.UUID, resident_id: str,
+                            course_id: int) -> asyncpg.Record | None:
+        """One transaction: the course row locked, the booking cancelled and, if it was paid,
+        its refund owed and the resident told. None: it was no longer active."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await lock_courses(conn, [course_id])
+            cancelled = await conn.fetchrow(CANCEL_BOOKING, booking_id, resident_id)
+            if cancelled is not None and cancelled["paid_at"] is not None:
+                await owe_refunds(conn, [cancelled["id"]], "cancelled")
+        return cancelled
 
     async def swap(self, booking_id: uuid.UUID, resident_id: str,
                    course_id: int) -> BookingOut:
@@ -228,12 +239,14 @@ class Bookings:
 
     async def _write_swap(self, old: asyncpg.Record, new_id: str, course_id: int,
                           resident_id: str) -> BookingOut:
-        """One transaction: the new booking in, the old one cancelled. Only then the old seat
-        is freed; any failure gives the new seat back and leaves the old booking as it was."""
+        """One transaction: both course rows locked in id order, the old booking cancelled
+        (its refund owed if it was paid), the new one in. Only then the old seat is freed; any
+        failure gives the new seat back and leaves the old booking as it was."""
         gate = self.seats.gate
         await gate.mark_leaving(old["course_id"], resident_id, old["id"])
         try:
             async with self.pool.acquire() as conn, conn.transaction():
+                await lock_courses(conn, [old["course_id"], course_id])
                 cancelled = await conn.fetchrow(CANCEL_BOOKING, uuid.UUID(old["id"]),
                                                 resident_id)
                 if cancelled is None:
@@ -241,6 +254,8 @@ class Bookings:
                 row = await conn.fetchrow(INSERT_SWAPPED, new_id, course_id, resident_id)
                 if row is None:
                     raise COURSE_CANCELLED.again()
+                if cancelled["paid_at"] is not None:
+                    await owe_refunds(conn, [old["id"]], "swapped")
         except (ApiError, asyncpg.PostgresError) as exc:
             await self._give_back(course_id, resident_id, new_id)
             await gate.settle([(old["course_id"], resident_id)])  # the old seat stays theirs

@@ -18,6 +18,7 @@ from booking.core.fields import MAX_ID, NO_NUL
 from booking.core.readcache import ReadCache
 from booking.ledger.outbox import add_notification
 from booking.ledger.promotions import promote_waiting
+from booking.ledger.refunds import owe_refunds
 from booking.seats.seating import COURSE_CANCELLED, Seats
 
 MAX_CAPACITY = 10_000
@@ -100,7 +101,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id
 """
 CANCEL_COURSE_BOOKINGS = """
 UPDATE bookings SET status = 'cancelled', cancelled_at = now()
-WHERE course_id = $1 AND booking_active(status) RETURNING id::text, resident_id
+WHERE course_id = $1 AND booking_active(status) RETURNING id::text, resident_id, paid_at
 """
 CLEAR_WAITLIST = """
 UPDATE waitlist SET status = 'cleared', updated_at = now()
@@ -249,11 +250,14 @@ async def _apply(conn: asyncpg.Connection, course_id: int, changes: dict[str, ob
 
 
 async def cancel_everyone(conn: asyncpg.Connection, course_id: int) -> None:
-    """A cancelled course: every booking and hold cancelled, the waitlist cleared, and each
-    resident told (in the transaction that cancels the course)."""
-    for row in await conn.fetch(CANCEL_COURSE_BOOKINGS, course_id):
+    """A cancelled course: every booking and hold cancelled, the paid ones' refunds owed, the
+    waitlist cleared, and each resident told (in the transaction that cancels the course)."""
+    cancelled = await conn.fetch(CANCEL_COURSE_BOOKINGS, course_id)
+    for row in cancelled:
         await add_notification(conn, "course_cancelled", row["resident_id"],
                                {"course_id": course_id, "booking_id": row["id"]})
+    paid = [row["id"] for row in cancelled if row["paid_at"] is not None]
+    await owe_refunds(conn, paid, "course_cancelled")
     for row in await conn.fetch(CLEAR_WAITLIST, course_id):
         await add_notification(conn, "course_cancelled", row["resident_id"],
                                {"course_id": course_id, "waitlist": "cleared"})

@@ -5,7 +5,10 @@ The provider signs the raw body with HMAC-SHA256 (BOOKING_PAYMENT_SECRET) and se
 reference is the idempotency key: its `payments` row is written first, so a repeated callback
 (even a concurrent twin, which waits on that row) finds it and gets the same answer. A payment
 that arrives after the hold lapsed, for a cancelled booking, or twice for one booking does not
-resurrect or double anything: it is recorded as `refund_due` and listed for operators.
+resurrect or double anything: it is recorded as `refund_due` and listed for operators. So is a
+confirmed payment whose booking ends without its lesson (the course cancelled, the resident's
+cancel or swap): booking/ledger/refunds.py owes it in the transaction that ends the booking,
+and a repeat of the callback that confirmed it is then answered `refund_due`.
 """
 
 from __future__ import annotations
@@ -147,8 +150,8 @@ async def payment_callback(request: Request, payments: Payments) -> Response[Pay
 @get("/v1/payments/refunds", operation_id="refundsDue", tags=["payments"],
      **requires("operator"))
 async def refunds_due(payments: Payments) -> list[RefundDue]:
-    """Payments to give back: they came for a hold that had lapsed or was no longer active
-    (operators)."""
+    """Payments to give back: they came for a hold that had lapsed or was no longer active, or
+    paid a booking that ended without its lesson (operators)."""
     return await payments.refunds_due()
 
 

@@ -270,3 +270,51 @@ async def promotion_breaks_are_caught(db: asyncpg.Pool, redis: Redis, cid: int, 
                  outbox_kind("check-test-hidden", "promoted"),
                  [f"waitlist entry {wid} (course {cid}): promotion to booking {real} has no "
                   f"'promoted' outbox row"])
+
+
+async def test_a_paid_booking_that_ended_without_its_refund_is_reported(http, db, redis):
+    control = await make_control_course(http)
+    course = await make_course(http, capacity=3, price_cents=PRICE)
+    cid = course["id"]
+    payers, refs = [unique("payer") for _ in range(2)], [unique("ref") for _ in range(2)]
+    paid = [(await grab(http, cid, who)).json() for who in payers]
+    for booking, ref in zip(paid, refs, strict=True):
+        assert (await pay(http, booking["id"], PRICE, ref)).json()["outcome"] == "confirmed"
+    assert (await cancel(http, paid[0]["id"], payers[0])).status_code == 200  # refund owed
+    assert await about(db, redis, cid, control) == []
+
+    def outcome(ref: str, value: str) -> Step:
+        return lambda: db.execute("UPDATE payments SET outcome = $2 WHERE provider_ref = $1",
+                                  ref, value)
+
+    def status(booking_id: str, value: str) -> Step:
+        return lambda: db.execute("UPDATE bookings SET status = $2 WHERE id = $1",
+                                  uuid.UUID(booking_id), value)
+
+    async with SweeperPaused(redis):
+        await caught(db, redis, cid, control, outcome(refs[0], "confirmed"),
+                     outcome(refs[0], "refund_due"),
+                     [f"booking {paid[0]['id']} (course {cid}) was paid and is cancelled, but "
+                      f"no refund is owed"])
+        await caught(db, redis, cid, control, status(paid[1]["id"], "expired"),
+                     status(paid[1]["id"], "confirmed"),
+                     [f"booking {paid[1]['id']} (course {cid}) was paid and is expired, but "
+                      f"no refund is owed"])
+        assert await about(db, redis, cid, control) == []
+
+
+async def test_a_resident_both_waiting_and_seated_in_the_gate_is_reported(http, db, redis):
+    control = await make_control_course(http)
+    course = await make_course(http, capacity=1)
+    cid, holder = course["id"], unique("holder")
+    assert (await grab(http, cid, holder)).status_code == 201
+    assert (await join_waitlist(http, cid, unique("waiter"))).status_code == 201
+    waiting_key = course_keys(cid)[3]
+    assert await about(db, redis, cid, control) == []
+
+    async with SweeperPaused(redis):
+        await caught(db, redis, cid, control, lambda: redis.zadd(waiting_key, {holder: 1}),
+                     lambda: redis.zrem(waiting_key, holder),
+                     [f"course {cid}: the gate has resident {holder} both waiting and holding "
+                      f"a seat"])
+        assert await about(db, redis, cid, control) == []

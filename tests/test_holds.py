@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from conftest import (
     OPERATOR,
     active_rows,
+    cancel,
     gate_left,
     grab,
     make_course,
@@ -177,3 +178,61 @@ async def test_a_sweep_killed_mid_round_loses_no_seat_and_promotes_nobody_twice(
                               "AND (payload->>'course_id')::bigint = $1", course["id"])
     assert sorted(r["resident_id"] for r in promoted) == sorted(waiters)
     assert await active_rows(db, course["id"]) == 5
+
+
+# Holds the payment's transaction right after it confirmed one resident's hold (the booking row
+# locked, nothing committed) until the test lets go of an advisory lock.
+PAYMENT_BARRIER = """
+CREATE OR REPLACE FUNCTION test_payment_barrier() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared({key});
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER test_payment_barrier AFTER UPDATE ON bookings FOR EACH ROW
+    WHEN (OLD.resident_id = '{who}' AND NEW.status = 'confirmed')
+    EXECUTE FUNCTION test_payment_barrier();
+"""
+LIFT_PAYMENT_BARRIER = "DROP TRIGGER IF EXISTS test_payment_barrier ON bookings"
+BARRIER_KEY = 0x5041_5944  # "PAYD"
+LOCK_WAITERS = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock'
+"""
+
+
+def lock_waiters(db, n: int):
+    """A wait_for predicate: at least `n` sessions wait for a lock."""
+    async def enough() -> bool:
+        return await db.fetchval(LOCK_WAITERS) >= n
+    return enough
+
+
+async def test_a_cancel_that_waited_for_the_payment_owes_its_refund(http, db, redis):
+    """The resident cancels while the provider's callback is confirming the hold: the cancel
+    waits for the payment's row lock, then ends a paid booking, so the same transaction owes
+    the refund (before the fix the payment stayed `confirmed` on a cancelled booking)."""
+    course = await make_course(http, capacity=1, price_cents=PRICE)
+    who = unique("payer")
+    booking = (await grab(http, course["id"], who)).json()
+    async with db.acquire() as barrier:
+        await barrier.execute(PAYMENT_BARRIER.format(key=BARRIER_KEY, who=who))
+        try:
+            await barrier.execute("SELECT pg_advisory_lock($1)", BARRIER_KEY)
+            try:
+                paying = asyncio.ensure_future(pay(http, booking["id"], PRICE))
+
+                await wait_for(lock_waiters(db, 1), timeout=10)  # the payment, at the barrier
+                cancelling = asyncio.ensure_future(cancel(http, booking["id"], who))
+                await wait_for(lock_waiters(db, 2), timeout=10)  # the cancel, behind its row
+            finally:
+                await barrier.execute("SELECT pg_advisory_unlock($1)", BARRIER_KEY)
+            paid, cancelled = await asyncio.gather(paying, cancelling)
+        finally:
+            await barrier.execute(LIFT_PAYMENT_BARRIER)
+
+    assert paid.json()["outcome"] == "confirmed", paid.text
+    assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled")
+    refunds = await http.get("/v1/payments/refunds", headers=OPERATOR)
+    assert booking["id"] in {r["booking_id"] for r in refunds.json()}
+    report = await check_invariants(db, redis, None, course_ids=[course["id"]])
+    assert report.ok, report.violations

@@ -14,6 +14,7 @@ import logging
 import asyncpg
 
 from booking.core.observability import PROMOTIONS
+from booking.ledger.locks import lock_courses
 from booking.ledger.outbox import add_notification
 from booking.seats import Promotion, SeatGate
 
@@ -35,6 +36,11 @@ GIVE_UP_PLACE = """
 UPDATE waitlist SET status = 'cleared', updated_at = now() WHERE id = $1 AND status = 'waiting'
 """
 PROMOTION_BATCH = 50
+# Errors after which the outcome of the statement in flight is unknown (it may have committed):
+# the connection broke under it (asyncpg reports some of those as PostgresConnectionError, a
+# PostgresError, so this is checked first).
+CONNECTION_LOST = (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                   asyncpg.PostgresConnectionError, TimeoutError)
 
 
 async def free_seat(pool: asyncpg.Pool, gate: SeatGate, course_id: int, resident_id: str,
@@ -66,8 +72,7 @@ async def write_promotions(pool: asyncpg.Pool, gate: SeatGate,
         promotion = todo.pop(0)
         try:
             outcome = await _write_one(pool, promotion)
-        except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError,
-                TimeoutError) as exc:
+        except CONNECTION_LOST as exc:
             # Unknown whether it committed: the pending mark lets the reconciler judge.
             log.warning("promotion on course %s left to the reconciler: %s",
                         promotion.course_id, type(exc).__name__)
@@ -89,6 +94,7 @@ async def write_promotions(pool: asyncpg.Pool, gate: SeatGate,
 
 async def _write_one(pool: asyncpg.Pool, promotion: Promotion) -> str:
     async with pool.acquire() as conn, conn.transaction():
+        await lock_courses(conn, [promotion.course_id])  # before the place: see ledger/locks.py
         try:
             async with conn.transaction():  # a savepoint: a refused row ends only itself
                 row = await conn.fetchrow(PROMOTE, promotion.booking_id, promotion.course_id,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncpg
 
 from booking.core.observability import HOLDS_EXPIRED
+from booking.ledger.locks import lock_courses
 from booking.ledger.promotions import free_seat
 from booking.seats import SeatGate
 
@@ -24,6 +25,9 @@ UPDATE bookings SET status = 'expired', cancelled_at = now()
 WHERE id = ANY($1::uuid[]) AND status = 'held' AND expires_at <= now()
 RETURNING id::text AS id, course_id, resident_id
 """
+STILL_ACTIVE = """
+SELECT course_id, resident_id FROM bookings WHERE id = ANY($1::uuid[]) AND booking_active(status)
+"""
 
 
 async def expire_due_holds(pool: asyncpg.Pool, gate: SeatGate, limit: int = 500) -> int:
@@ -33,12 +37,14 @@ async def expire_due_holds(pool: asyncpg.Pool, gate: SeatGate, limit: int = 500)
         return 0
     for row in due:
         await gate.mark_leaving(row["course_id"], row["resident_id"], row["id"])
-    expired = await pool.fetch(EXPIRE_HOLDS, [row["id"] for row in due])
+    async with pool.acquire() as conn, conn.transaction():
+        await lock_courses(conn, (row["course_id"] for row in due))  # see ledger/locks.py
+        expired = await conn.fetch(EXPIRE_HOLDS, [row["id"] for row in due])
+        still_held = await conn.fetch(STILL_ACTIVE, [row["id"] for row in due])
     for row in expired:
         await free_seat(pool, gate, row["course_id"], row["resident_id"], row["id"])
-    gone = {row["id"] for row in expired}
-    paid_meanwhile = [(row["course_id"], row["resident_id"])
-                      for row in due if row["id"] not in gone]
-    await gate.settle(paid_meanwhile)  # their seats stay; clear the leaving marks
+    # Paid meanwhile: their seats stay, so clear the leaving marks. A hold that ended another
+    # way (the resident's own cancel) keeps its mark for that cancel to finish.
+    await gate.settle((row["course_id"], row["resident_id"]) for row in still_held)
     HOLDS_EXPIRED.inc(len(expired))
     return len(expired)
