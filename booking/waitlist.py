@@ -1,9 +1,17 @@
 """The waitlist of a sold-out course: join, see your place, leave.
 
 A place is a Postgres row (its id is the order of arrival) and an entry in the gate's copy of
-the queue. Joining writes the row, asks the gate (wait.lua: is the course still full?), and
-commits only when the gate said yes, so nobody waits for a course with a free seat. Freed seats
-reach the queue through booking/ledger/promotions.py.
+the queue. The gate learns of a place only once its row is committed: a freed seat the gate hands
+to a place Postgres might still lose would be voided and go to a racer. So a join
+1. asks the gate whether the resident would wait (holding no connection: a course the gate lost
+   is loaded here, and loading needs a connection of its own);
+2. writes the row and commits (one short transaction, the course row share-locked so that a
+   course cancellation, which clears the waitlist, cannot slip in between);
+3. puts the place in the gate's queue (wait.lua); should the gate now say a seat is free (one
+   was freed between 1 and 3), the resident already holds one, or the course is cancelled, the
+   place is ended again and the resident told so: nobody waits for a course with a free seat.
+No step holds a connection while it waits for another. Freed seats reach the queue through
+booking/ledger/promotions.py.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from booking.core.auth import Principal, requires
 from booking.core.errors import NotFound, Unavailable
 from booking.core.fields import MAX_ID
 from booking.seats import Outcome
-from booking.seats.seating import ALREADY_BOOKED, COURSE_CANCELLED, Seats, refusal
+from booking.seats.seating import ALREADY_BOOKED, ASK_ONLY, COURSE_CANCELLED, Seats, refusal
 
 
 class WaitlistEntryOut(msgspec.Struct):
@@ -48,6 +56,12 @@ LEAVE = """
 UPDATE waitlist SET status = 'left', updated_at = now()
 WHERE course_id = $1 AND resident_id = $2 AND status = 'waiting'
 RETURNING course_id, resident_id, status, joined_at
+"""
+PLACE_ID = """
+SELECT id FROM waitlist WHERE course_id = $1 AND resident_id = $2 AND status = 'waiting'
+"""
+END_PLACE = """
+UPDATE waitlist SET status = 'cleared', updated_at = now() WHERE id = $1 AND status = 'waiting'
 """
 HOLDS_A_SEAT = """
 SELECT 1 FROM bookings WHERE course_id = $1 AND resident_id = $2
@@ -89,17 +103,21 @@ class Waitlist:
         mine = await self._mine(course_id, resident_id)
         if mine is not None:
             return entry_out(mine), False
+        if not 1 <= course_id <= MAX_ID:
+            raise NotFound.of("course")
         if await self.pool.fetchval(HOLDS_A_SEAT, course_id, resident_id):
             raise ALREADY_BOOKED.again()
-        joined = await self._join(course_id, resident_id)
+        await self._gate_takes(course_id, resident_id, ASK_ONLY)
+        place, new = await self._write_place(course_id, resident_id)
+        await self._gate_takes(course_id, resident_id, place)
         mine = await self._mine(course_id, resident_id)
-        if mine is None:  # promoted or gone between the commit and this read
+        if mine is None:  # promoted or gone between the gate and this read
             raise Unavailable("Your place changed while it was being saved; please look again.")
-        return entry_out(mine), joined
+        return entry_out(mine), new
 
-    async def _join(self, course_id: int, resident_id: str) -> bool:
-        """Write the place and put it in the gate's queue in one go; False when a twin request
-        of the same resident wrote it first."""
+    async def _write_place(self, course_id: int, resident_id: str) -> tuple[int, bool]:
+        """Commit the resident's place: its id, and False when a twin request of the same
+        resident wrote it first (then that place is the one the gate is told of)."""
         async with self.pool.acquire() as conn, conn.transaction():
             # A share lock on the course: a cancellation (which clears the waitlist) waits.
             status = await conn.fetchval(COURSE_STATUS, course_id)
@@ -108,12 +126,26 @@ class Waitlist:
             if status != "published":
                 raise COURSE_CANCELLED.again()
             place = await conn.fetchval(JOIN, course_id, resident_id)
-            if place is None:
-                return False
-            decision = await self.seats.wait(course_id, resident_id, place)
-            if decision.outcome is not Outcome.WAITING:
-                raise refusal(decision).again()
-        return True
+            twins = None if place is not None else await conn.fetchval(
+                PLACE_ID, course_id, resident_id)
+        if place is not None:
+            return place, True
+        if twins is None:  # the twin's place ended before this read
+            raise Unavailable("Your place changed while it was being saved; please look again.")
+        return twins, False
+
+    async def _gate_takes(self, course_id: int, resident_id: str, place: int) -> None:
+        """Tell the gate of a committed place (ASK_ONLY: only ask); on any answer but WAITING
+        the place is ended again and the answer raised. Holds no connection while the gate
+        (or the course loader behind it) works."""
+        decision = await self.seats.wait(course_id, resident_id, place)
+        if decision.outcome is Outcome.WAITING:
+            return
+        if place != ASK_ONLY:
+            await self.pool.execute(END_PLACE, place)
+            # In case a reconcile copied the committed place into the gate meanwhile.
+            await self.seats.gate.leave_waitlist(course_id, resident_id)
+        raise refusal(decision).again()
 
     async def leave(self, course_id: int, resident_id: str) -> WaitlistEntryOut:
         left = await self.pool.fetchrow(LEAVE, course_id, resident_id) \

@@ -8,6 +8,7 @@ import uuid
 import httpx
 from conftest import (
     OPERATOR,
+    SweeperPaused,
     active_rows,
     cancel,
     gate_left,
@@ -21,7 +22,9 @@ from conftest import (
     wait_for,
 )
 
+from booking.ledger.promotions import free_seat
 from booking.ops.check import check_invariants
+from booking.seats import SeatGate
 
 PROMOTION_NOTES = """
 SELECT resident_id, payload->>'booking_id' AS booking_id FROM outbox
@@ -176,3 +179,69 @@ async def test_a_cancelled_course_cancels_everyone_and_tells_them(http, db, redi
                           "AND (payload->>'course_id')::bigint = $1", course["id"])
     assert sorted(r["resident_id"] for r in told) == sorted([*(w for w, _ in holders), waiter])
     await no_violations_on(db, redis, course["id"])
+
+
+# A join paused at its COMMIT: a deferred trigger on the new waitlist row waits for an advisory
+# lock the test holds (keyed by the course), so the test decides when the row becomes visible.
+PAUSE_JOIN_AT_COMMIT = """
+CREATE OR REPLACE FUNCTION test_pause_join() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.course_id = {course_id} THEN PERFORM pg_advisory_xact_lock_shared(NEW.course_id); END IF;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER test_pause_join_{course_id} AFTER INSERT ON waitlist
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_pause_join();
+"""
+WAITS_FOR_A_LOCK = "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype <> 'advisory'"
+JOIN_PAUSED = """
+SELECT count(*) FROM pg_locks
+WHERE locktype = 'advisory' AND NOT granted AND classid = 0 AND objid = $1 AND objsubid = 1
+"""
+
+
+async def test_a_seat_freed_while_a_join_commits_never_skips_the_joiner(http, db, redis):
+    course, holders = await sold_out_course(http, seats=1)
+    (holder, booking_id), joiner, cid = holders[0], unique("joiner"), course["id"]
+    gate = SeatGate(redis)
+    await db.execute(PAUSE_JOIN_AT_COMMIT.format(course_id=cid))
+    try:
+        async with SweeperPaused(redis), db.acquire() as pauser:
+            await pauser.execute("SELECT pg_advisory_lock($1::bigint)", cid)
+            # The holder cancels; its row commits (what DELETE /v1/bookings does first) ...
+            await gate.mark_leaving(cid, holder, booking_id)
+            await db.execute("UPDATE bookings SET status = 'cancelled', cancelled_at = now() "
+                             "WHERE id = $1", uuid.UUID(booking_id))
+            joining = asyncio.create_task(join_waitlist(http, cid, joiner))
+            await wait_for(lambda: _paused(db, cid))
+            # ... and its seat is freed in the gate while the join is between gate and commit
+            # (until that step is over, or waits for a lock the paused join holds).
+            freeing = asyncio.create_task(free_seat(db, gate, cid, holder, booking_id))
+            await wait_for(lambda: _over_or_blocked(freeing, db))
+            await pauser.execute("SELECT pg_advisory_unlock($1::bigint)", cid)
+            await freeing
+            joined = await joining
+            racer = await grab(http, cid, unique("racer"))
+    finally:
+        await db.execute(f"DROP TRIGGER IF EXISTS test_pause_join_{cid} ON waitlist")
+        await gate.close()
+
+    promoted = await active_booking(http, cid, joiner)
+    waits = await place(http, cid, joiner)
+    if promoted is not None:  # the joiner got the freed seat, the racer nothing
+        assert racer.status_code == 409 and waits is None, racer.text
+    else:  # told to grab instead, and not left waiting behind the racer's seat
+        state = (joined.status_code, joined.json().get("code"), waits, racer.status_code)
+        assert state[:3] == (409, "seats_available", None), state
+    in_gate = await redis.zrange(f"course:{{{cid}}}:waiting", 0, -1)
+    assert joiner not in in_gate
+    await no_violations_on(db, redis, cid)
+
+
+async def _paused(db, course_id: int) -> bool:
+    return await db.fetchval(JOIN_PAUSED, course_id) > 0
+
+
+async def _over_or_blocked(step: asyncio.Task, db) -> bool:
+    """The step is over, or some backend waits for a row or transaction lock (the paused join's
+    course lock): releasing the join then is the only way on."""
+    return step.done() or await db.fetchval(WAITS_FOR_A_LOCK) > 0

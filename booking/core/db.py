@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolAcquireContext
 
 STATEMENT_TIMEOUT_MS = 5_000
 
@@ -19,16 +21,45 @@ def schema_sql() -> str:
     return resources.files("booking").joinpath("schema.sql").read_text()
 
 
+class DeadlinePool(asyncpg.Pool):
+    """asyncpg's Pool, with a deadline on every wait for a connection.
+
+    `Pool.fetch`, `fetchrow`, `fetchval` and `execute` call `self.acquire()` with no timeout, so
+    on a starved pool they would wait for ever (and a request with them). Here `acquire` falls
+    back to `acquire_timeout_s`, and a starved pool raises TimeoutError: 503 `unavailable`."""
+
+    __slots__ = ("acquire_timeout_s",)
+
+    def __init__(self, *args: Any, acquire_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acquire_timeout_s = acquire_timeout_s
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
+        return super().acquire(timeout=self.acquire_timeout_s if timeout is None else timeout)
+
+
 async def create_pool(database_url: str, size: int,
-                      statement_timeout_ms: int = STATEMENT_TIMEOUT_MS) -> asyncpg.Pool:
-    return await asyncpg.create_pool(
+                      statement_timeout_ms: int = STATEMENT_TIMEOUT_MS,
+                      acquire_timeout_s: float | None = None) -> asyncpg.Pool:
+    """A pool of `size` connections whose statements stop after `statement_timeout_ms` and whose
+    waits for a connection stop after `acquire_timeout_s` (default: the statement timeout, so a
+    request waits at most that long for each of the two). Built like asyncpg.create_pool."""
+    pool = DeadlinePool(
         database_url,
         min_size=min(2, size),
         max_size=size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        acquire_timeout_s=(statement_timeout_ms / 1000 if acquire_timeout_s is None
+                           else acquire_timeout_s),
         command_timeout=statement_timeout_ms / 1000,
         server_settings={"statement_timeout": str(statement_timeout_ms),
                          "application_name": "booking"},
     )
+    return await pool
 
 
 async def is_empty(conn: asyncpg.Connection) -> bool:

@@ -32,9 +32,17 @@ def open_redis(url: str, max_connections: int = 1024) -> Redis:
     return Redis.from_pool(pool)
 
 
+def write_budget_ms(settings: Settings) -> int:
+    """How long a write may wait for a connection, and its statement may run: a quarter of the
+    pending timeout each (at most the statement timeout), so a write is over, one way or the
+    other, well before the reconciler may judge its seat stale."""
+    return int(min(STATEMENT_TIMEOUT_MS, settings.pending_timeout_s / 4 * 1000))
+
+
 async def open_pool(settings: Settings, size: int = 2,
                     statement_timeout_ms: int = STATEMENT_TIMEOUT_MS) -> asyncpg.Pool:
-    """A Postgres pool; a database that does not answer is a ConfigError (one sentence)."""
+    """A Postgres pool (statements and waits for a connection each stop after
+    `statement_timeout_ms`); a database that does not answer is a ConfigError (one sentence)."""
     if not settings.database_url:
         raise ConfigError("DATABASE_URL must be set; `booking serve` sets it for you.")
     try:

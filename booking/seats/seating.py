@@ -19,6 +19,7 @@ from booking.seats.gate import Decision, Outcome, SeatGate
 from booking.seats.reconcile import CourseLoader
 
 NO_COURSE = Decision(Outcome.NO_COURSE)
+ASK_ONLY = 0  # a waitlist id no row has (ids start at 1): wait.lua only answers
 
 
 class Seats:
@@ -38,7 +39,11 @@ class Seats:
         return decision
 
     async def wait(self, course_id: int, resident_id: str, waitlist_id: int) -> Decision:
-        """Join the waitlist of a full course (wait.lua); the caller has locked the course."""
+        """Put a committed waitlist place in the gate's queue (wait.lua); waitlist id ASK_ONLY
+        only asks whether the resident would wait now. Call it holding no pool connection: a
+        course the gate lost is loaded here, and loading takes a connection of its own."""
+        if not _possible(course_id):
+            return NO_COURSE
         decision = await self.gate.wait(course_id, resident_id, waitlist_id)
         if decision.outcome is Outcome.MISSING:
             if await self.loader.load(course_id) is None:
