@@ -25,10 +25,12 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=[*SCENARIO_NAMES, "all"], default="all")
     for name in ("residents", "courses", "seats", "roomy_courses", "connections", "workers",
-                 "pending_timeout_s", "reconcile_interval_s"):
+                 "pending_timeout_s", "reconcile_interval_s", "small_pool", "burst", "swap_wave"):
         parser.add_argument(f"--{name.removesuffix('_s').replace('_', '-')}", dest=name,
                             type=int, default=getattr(defaults, name))
-    for name in ("warmup_s", "fault_s", "slow_hold_s", "recovery_s", "cancel_share"):
+    for name in ("warmup_s", "fault_s", "slow_hold_s", "recovery_s", "cancel_share",
+                 "paid_share", "pay_share", "swap_share", "waitlist_share", "look_share",
+                 "wave_every_s"):
         parser.add_argument(f"--{name.removesuffix('_s').replace('_', '-')}", dest=name,
                             type=float, default=getattr(defaults, name))
     parser.add_argument("--keep", action="store_true",

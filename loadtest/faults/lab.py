@@ -13,7 +13,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +39,19 @@ class Plan:
     slow_hold_s: float = 8.0  # the lock outlasts the 5 s statement timeout on purpose
     recovery_s: float = 5.0
     cancel_share: float = 0.2  # of a holding resident's actions, the share that gives a seat back
+    paid_share: float = 0.25  # hot courses with a price: a grab gives a hold, paid by callback
+    pay_share: float = 0.8  # chance that a resident holding an unpaid hold pays it next
+    swap_share: float = 0.2  # chance that a resident holding a seat of a pair swaps it across
+    swap_wave: int = 20  # residents per side of a pair who swap across at the same moment
+    wave_every_s: float = 2.0  # how often such a wave of opposite swaps comes
+    waitlist_share: float = 0.3  # chance that a grab answered sold_out is followed by a join
+    look_share: float = 0.2  # chance that a waiting resident looks at (or leaves) a place
     think_s: float = 0.05
     workers: int = 2
     pending_timeout_s: int = 5
     reconcile_interval_s: int = 1
+    small_pool: int = 2  # BOOKING_DB_POOL_SIZE of the one worker in the small-pool scenario
+    burst: int = 8  # residents joining waitlists at one moment there (more than the pool)
 
     @property
     def settle_bound_s(self) -> float:
@@ -57,8 +66,10 @@ class FaultLab:
         self.folder = folder
         self.plan = plan
         self.secret = secrets.token_urlsafe(32)
+        self.payment_secret = secrets.token_urlsafe(32)
         self.stores = EmbeddedStores(folder / "stores")
         self._service: Service | None = None
+        self._overrides: dict[str, str] = {}
 
     async def __aenter__(self) -> FaultLab:
         try:
@@ -80,11 +91,37 @@ class FaultLab:
         if self.stores.redis_pid() is None:
             raise RuntimeError("a Redis was already answering on that socket; use a fresh folder")
 
+    async def configure(self, overrides: Mapping[str, str]) -> None:
+        """Run the service with these settings on top of the plan's (e.g. one worker and a
+        small pool); restarted on the same port only when they differ from the running one's."""
+        if dict(overrides) == self._overrides and self._service is not None:
+            return
+        port = self.service.port
+        await asyncio.to_thread(self.service.stop)
+        self._overrides = dict(overrides)
+        self._service = Service({**self._service_env(), **self._overrides},
+                                self.folder / "service.log", port=port)
+        await asyncio.to_thread(self._service.start)
+
+    @property
+    def workers(self) -> int:
+        """Worker processes of the running service."""
+        return int(self.service.env["BOOKING_WORKERS"])
+
+    @property
+    def settle_bound_s(self) -> float:
+        """How long the running service's reconciler may take to make the gate agree once the
+        rush is over."""
+        env = self.service.env
+        return (int(env["BOOKING_PENDING_TIMEOUT"])
+                + 3 * int(env["BOOKING_RECONCILE_INTERVAL"]) + 5)
+
     def _service_env(self) -> dict[str, str]:
         plan = self.plan
         env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKING_")}
         return {**env, "DATABASE_URL": self.stores.database_url,
                 "REDIS_URL": self.stores.redis_url, "BOOKING_SECRET": self.secret,
+                "BOOKING_PAYMENT_SECRET": self.payment_secret,
                 "BOOKING_DATA_DIR": str(self.folder / "service"),
                 "BOOKING_WORKERS": str(plan.workers),
                 "BOOKING_PENDING_TIMEOUT": str(plan.pending_timeout_s),

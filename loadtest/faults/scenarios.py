@@ -1,6 +1,7 @@
 """The faults, one function each: break one thing under the rush, note when and what in `Marks`.
 
-`scenarios(plan)` pairs each with what it must show (`Expect`) besides the shared rules.
+`scenarios(plan)` pairs each with what it must show (`Expect`) besides the shared rules, and
+with the settings the service runs with for it (the plan's, unless a scenario says otherwise).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import contextlib
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from redis.asyncio import Redis
@@ -21,6 +23,7 @@ from booking.ledger.commit import DEFAULT_DEADLINE_S
 from booking.seats import course_keys
 from loadtest.faults.figures import Expect, Marks
 from loadtest.faults.lab import FaultLab, Plan
+from loadtest.faults.rush import Rush
 
 
 async def pending_marks(redis: Redis, course_ids: list[int],
@@ -33,10 +36,10 @@ async def pending_marks(redis: Redis, course_ids: list[int],
     return [(cid, who) for cid, reply in zip(course_ids, replies, strict=True) for who in reply]
 
 
-Inject = Callable[[FaultLab, list[int], Marks], Awaitable[None]]
+Inject = Callable[[FaultLab, Rush, Marks], Awaitable[None]]
 
 
-async def redis_restart(lab: FaultLab, course_ids: list[int], marks: Marks) -> None:
+async def redis_restart(lab: FaultLab, rush: Rush, marks: Marks) -> None:
     """Redis SIGKILLed; a new, empty one on the same socket after `fault_s`."""
     marks.what = f"Redis killed (SIGKILL) and restarted empty after {lab.plan.fault_s:.0f} s"
     marks.start = time.monotonic()
@@ -46,7 +49,7 @@ async def redis_restart(lab: FaultLab, course_ids: list[int], marks: Marks) -> N
     marks.end = time.monotonic()
 
 
-async def postgres_restart(lab: FaultLab, course_ids: list[int], marks: Marks) -> None:
+async def postgres_restart(lab: FaultLab, rush: Rush, marks: Marks) -> None:
     """`pg_ctl stop -m fast`, down for `fault_s`, then started again on the same socket."""
     marks.what = f"Postgres stopped (fast) and started again after {lab.plan.fault_s:.0f} s"
     marks.start = time.monotonic()
@@ -59,7 +62,7 @@ async def postgres_restart(lab: FaultLab, course_ids: list[int], marks: Marks) -
     marks.notes["start took s"] = round(marks.end - restarted, 2)
 
 
-async def slow_postgres(lab: FaultLab, course_ids: list[int], marks: Marks) -> None:
+async def slow_postgres(lab: FaultLab, rush: Rush, marks: Marks) -> None:
     """A transaction holds ACCESS EXCLUSIVE on bookings for `slow_hold_s`: every insert, cancel
     and roster read waits, past the statement timeout."""
     hold_s = lab.plan.slow_hold_s
@@ -103,12 +106,14 @@ async def slow_commits(lab: FaultLab, seconds: float) -> AsyncIterator[None]:
         await conn.close()
 
 
-async def worker_killed(lab: FaultLab, course_ids: list[int], marks: Marks) -> None:
+async def worker_killed(lab: FaultLab, rush: Rush, marks: Marks) -> None:
     """The busiest worker SIGKILLed mid-rush. Its seats taken but not written stay pending until
     the reconciler gives them back; uvicorn's supervisor should start a replacement."""
-    if lab.plan.workers < 2:
+    if lab.workers < 2:
         raise ValueError("the worker scenario needs --workers 2 or more (one worker: no "
                          "supervisor, nothing left to serve)")
+    course_ids = rush.stage.ids
+    marks.disturbed = time.monotonic()  # slow commits answer 503 past the ledger's deadline
     async with slow_commits(lab, SLOW_COMMIT_S):
         await asyncio.sleep(1.0)
         load = lab.connections_per_worker()
@@ -122,6 +127,7 @@ async def worker_killed(lab: FaultLab, course_ids: list[int], marks: Marks) -> N
         # The living worker settles its own grabs within a slow commit or two.
         await asyncio.sleep(max(0.0, marks.start + 4 * SLOW_COMMIT_S - time.monotonic()))
         orphans = await _orphans(lab, course_ids, kill_ms, marks)
+    marks.calm = time.monotonic()
     await _wait_cleared(lab, course_ids, kill_ms, orphans, marks)
     marks.notes["client connections per worker now"] = lab.connections_per_worker()
 
@@ -157,7 +163,7 @@ async def _orphans(lab: FaultLab, course_ids: list[int], kill_ms: float,
 async def _wait_cleared(lab: FaultLab, course_ids: list[int], kill_ms: float,
                         orphans: list[tuple[int, str]], marks: Marks) -> None:
     """Time until the reconciler has cleared every orphan (given back, or kept if written)."""
-    bound_s = lab.plan.settle_bound_s + 5
+    bound_s = lab.settle_bound_s + 5
     async with lab.clients() as (_, redis):
         while orphans and time.monotonic() - marks.start < bound_s:
             still = set(await pending_marks(redis, course_ids, kill_ms + 100))
@@ -175,10 +181,60 @@ async def _written(pool: asyncpg.Pool, marks: list[tuple[int, str]]) -> set[tupl
     if not marks:
         return set()
     rows = await pool.fetch(
-        "SELECT course_id, resident_id FROM bookings WHERE status = 'confirmed' "
+        "SELECT course_id, resident_id FROM bookings WHERE booking_active(status) "
         "AND (course_id, resident_id) IN (SELECT * FROM unnest($1::bigint[], $2::text[]))",
         [c for c, _ in marks], [r for _, r in marks])
     return {(row[0], row[1]) for row in rows}
+
+
+BURST_COURSES = 4  # sold-out courses the bursts of waitlist joins aim at
+BURST_ROUNDS = 5  # flush and burst again while every join was answered
+SMALL_POOL_ROUND_S = 5  # the service's default reconcile interval, not the lab's quick 1 s
+
+
+async def redis_flushed_small_pool(lab: FaultLab, rush: Rush, marks: Marks) -> None:
+    """One worker with a pool of `small_pool` connections; Redis loses every key (FLUSHALL) and
+    at that moment `burst` residents (more than the pool has connections) join the waitlists
+    of sold-out courses together: each join holds a connection while the gate, which no longer
+    knows the course, has it loaded from Postgres. Every join must be answered. The joins race
+    the reconciler's next round (a full one: the flush dropped its mark too) to the reload, so
+    the service reconciles every `SMALL_POOL_ROUND_S` (its default) rather than every second,
+    and the flush and the burst come up to `BURST_ROUNDS` times."""
+    plan = lab.plan
+    full = await sell_out(lab, rush, BURST_COURSES)
+    marks.what = (f"Redis flushed (FLUSHALL) under {lab.workers} worker(s) with "
+                  f"BOOKING_DB_POOL_SIZE={plan.small_pool}, and at once {plan.burst} residents "
+                  f"join the waitlists of {len(full)} sold-out courses (up to {BURST_ROUNDS} "
+                  f"times)")
+    bound_s = Expect().max_latency_s + 1
+    rounds = []
+    for n in range(BURST_ROUNDS):
+        async with lab.clients() as (_, redis):
+            marks.start = marks.start or time.monotonic()
+            await redis.flushall()
+        answers = await rush.burst_join(full, plan.burst, bound_s, tag=f"burst{n}")
+        rounds.append(f"{len(answers)} of {plan.burst} answered within {bound_s:.0f} s "
+                      f"{dict(Counter(a.label for a in answers)) or ''}".strip())
+        if len(answers) < plan.burst:
+            break
+    marks.end = time.monotonic()
+    marks.notes["waitlist joins at one moment, flush by flush"] = "; ".join(rounds)
+
+
+async def sell_out(lab: FaultLab, rush: Rush, wanted: int) -> list[int]:
+    """`wanted` of the rush's hot courses with no seat left: the fullest ones, their last seats
+    grabbed by residents who come for just that. The crowd leaves them alone from then on, so
+    that after Redis lost its data nobody but the waitlist joins has the gate load them."""
+    async with lab.clients() as (pool, _):
+        rows = await pool.fetch(
+            "SELECT id, capacity - active_bookings AS left FROM courses "
+            "WHERE id = ANY($1::bigint[]) AND status = 'published' ORDER BY 2, id LIMIT $2",
+            rush.stage.hot, wanted)
+        rush.quiet.update(row["id"] for row in rows)
+        await rush.fill({row["id"]: row["left"] for row in rows})
+        left = await pool.fetch("SELECT id, capacity - active_bookings AS left FROM courses "
+                                "WHERE id = ANY($1::bigint[]) ORDER BY id", list(rush.quiet))
+    return [row["id"] for row in left if row["left"] == 0] or [row["id"] for row in left]
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +242,7 @@ class Scenario:
     inject: Inject
     expect: Expect
     reconcile_cli: bool = False  # run `booking reconcile` before the final check
+    service: dict[str, str] = field(default_factory=dict)  # settings over the plan's
 
 
 def scenarios(plan: Plan) -> dict[str, Scenario]:
@@ -197,6 +254,12 @@ def scenarios(plan: Plan) -> dict[str, Scenario]:
                                                  transport_errors_within_s=3.0)),
         # SELECT 1 does not touch the locked table: the service is ready, only slow to book.
         "slow": Scenario(slow_postgres, Expect(max_latency_s=slow_bound, not_ready_during=False)),
+        # Redis answers throughout; the service must stay ready and answer every join.
+        "small-pool": Scenario(redis_flushed_small_pool,
+                               Expect(unavailable_during=False, not_ready_during=False),
+                               service={"BOOKING_WORKERS": "1",
+                                        "BOOKING_DB_POOL_SIZE": str(plan.small_pool),
+                                        "BOOKING_RECONCILE_INTERVAL": str(SMALL_POOL_ROUND_S)}),
     }
 
 
