@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -81,12 +81,6 @@ CREATE OR REPLACE TRIGGER test_refuse_booking BEFORE INSERT ON bookings
     FOR EACH ROW EXECUTE FUNCTION test_refuse_booking();
 """
 STOP_FAILING = "DROP TRIGGER IF EXISTS test_refuse_booking ON bookings"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def service_env(stores: Stores, data_dir: Path, **extra: str) -> dict[str, str]:
@@ -271,3 +265,26 @@ async def hammer(http: httpx.AsyncClient, course_id: int, lanes: int,
                 return
 
     await asyncio.gather(*(lane(n) for n in range(lanes)))
+
+
+@pytest_asyncio.fixture
+async def private_stores(stores) -> AsyncIterator[tuple[asyncpg.Pool, Redis]]:
+    """An empty database of its own and a Redis database of its own: a sweeper running here
+    touches nothing of the other tests (nor do their sweepers take its lock)."""
+    name = f"private_{unique('db').replace('-', '_')}"
+    admin = await asyncpg.connect(stores.database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit(urlsplit(stores.database_url)._replace(path=f"/{name}"))
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    async with pool.acquire() as conn:
+        await upgrade(conn)
+    redis = Redis.from_url(stores.redis_url, db=9, decode_responses=True)
+    await redis.flushdb()
+    try:
+        yield pool, redis
+    finally:
+        await redis.flushdb()
+        await redis.aclose()
+        await pool.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

@@ -5,21 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from itertools import count
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
-import pytest_asyncio
 from conftest import SweeperPaused, unique, wait_for
 from inprocess import PENDING_TIMEOUT_S, course_row, seat_path
 from redis.asyncio import Redis
 
 from booking.bookings import Grabbed
-from booking.core.migrations import upgrade
 from booking.lifecycle.sweeper import FULL_ROUND_MARK, _sweep_round, sweep_forever
 from booking.seats import SeatGate, course_keys
 from booking.seats.reconcile import reconcile_course
@@ -108,29 +103,6 @@ async def test_a_dead_grabs_seat_is_found_by_a_worker_whose_clock_runs_behind(
 
 
 _names = count(1)
-
-
-@pytest_asyncio.fixture
-async def private_stores(stores) -> AsyncIterator[tuple[asyncpg.Pool, Redis]]:
-    """An empty database of its own and a Redis database of its own: a sweeper running here
-    touches nothing of the other tests (nor do their sweepers take its lock)."""
-    name = f"clocks_{next(_names)}_{unique('db').replace('-', '_')}"
-    admin = await asyncpg.connect(stores.database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(stores.database_url)._replace(path=f"/{name}"))
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
-    async with pool.acquire() as conn:
-        await upgrade(conn)
-    redis = Redis.from_url(stores.redis_url, db=9, decode_responses=True)
-    await redis.flushdb()
-    try:
-        yield pool, redis
-    finally:
-        await redis.flushdb()
-        await redis.aclose()
-        await pool.close()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_the_sweepers_pace_is_kept_by_redis_clock(private_stores, monkeypatch):

@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Coroutine
+from typing import Any
 
 import asyncpg
+from redis.commands.core import AsyncScript
 
 from booking.ledger.promotions import promote_waiting
 from booking.lifecycle.holds import expire_due_holds
@@ -29,6 +32,11 @@ _TAKE_ROUND = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
 local clock = redis.call('TIME')
 return tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
+# While a round runs: keep the lock for ARGV[2] ms more if it is still ours (ARGV[1]).
+_RENEW_ROUND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
 # At the end of a round: if the lock is still ours, keep it until the round's pace is over
 # (ARGV[2], ms since the epoch by Redis's clock), or drop it if that moment has passed.
@@ -54,23 +62,24 @@ async def sweep_forever(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: f
     or so is a full one over all courses, a safety net for whatever a pending mark did not
     cover), and hands free seats to residents waiting.
 
-    The lock is held for the whole round and then until 0.9 intervals after the round began,
-    so rounds keep their pace across workers, and whoever holds the lock knows that no round
-    is running (tests pause the sweeper that way)."""
+    The lock is held for the whole round (renewed while it runs) and then until 0.9 intervals
+    after the round began, so rounds keep their pace across workers, and whoever holds the lock
+    knows that no round is running (tests pause the sweeper that way). A worker that dies
+    mid-round stops renewing: its lock lapses after the pending timeout."""
     take_round = gate.redis.register_script(_TAKE_ROUND)
+    renew_round = gate.redis.register_script(_RENEW_ROUND)
     end_round = gate.redis.register_script(_END_ROUND)
     while True:
         await asyncio.sleep(interval_s)
         try:
             token = uuid.uuid4().hex
-            # A round still running after the pending timeout is presumed dead (its worker
-            # was killed): the lock lapses and another worker takes over.
             longest_ms = int(max(interval_s * 900, pending_timeout_s * 1000))
             started_ms = int(await take_round(keys=[RECONCILER_LOCK], args=[token, longest_ms]))
             if not started_ms:
                 continue
             try:
-                await _sweep_round(pool, gate, pending_timeout_s, interval_s)
+                held = _LockHeld(renew_round, token, longest_ms)
+                await held.run(_sweep_round(pool, gate, pending_timeout_s, interval_s))
             finally:
                 paced_until_ms = started_ms + int(interval_s * 900)
                 await end_round(keys=[RECONCILER_LOCK], args=[token, paced_until_ms])
@@ -78,6 +87,31 @@ async def sweep_forever(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: f
             raise
         except Exception as exc:
             log.warning("reconciler round failed: %s", exc)
+
+
+class _LockHeld:
+    """Runs a round while renewing its lock every third of the lock's life; a round whose lock
+    was lost anyway (Redis lost its data, say) is stopped, since another may have begun."""
+
+    def __init__(self, renew: AsyncScript, token: str, life_ms: int) -> None:
+        self._renew = renew
+        self._token = token
+        self._life_ms = life_ms
+
+    async def run(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=self._life_ms / 3000)
+                if not task.done() and not await self._renew(keys=[RECONCILER_LOCK],
+                                                              args=[self._token, self._life_ms]):
+                    log.warning("reconciler round stopped: its lock was lost")
+                    return
+            task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
 
 async def _sweep_round(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: float,
