@@ -18,6 +18,7 @@ import asyncpg
 import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
@@ -310,7 +311,7 @@ def _address(request: Request) -> str:
       status_code=201, **requires("resident", errors=(404, 409, 429), also={
           200: ResponseSpec(BookingOut, description="The booking this resident already holds")}))
 async def grab_seat(request: Caller, course_id: CourseId,
-                    bookings: Bookings) -> Response[BookingOut]:
+                    bookings: NamedDependency[Bookings]) -> Response[BookingOut]:
     """Grab a seat: 201 with a new booking, 200 with the one already held, or 409 saying why not."""
     resident_id = request.user.sub
     limited = await bookings.limit(resident_id, _address(request))
@@ -325,7 +326,7 @@ async def grab_seat(request: Caller, course_id: CourseId,
 @delete("/v1/bookings/{booking_id:uuid}", operation_id="cancelBooking", tags=["bookings"],
         status_code=200, **requires("resident", errors=(404, 409)))
 async def cancel_booking(request: Caller, booking_id: uuid.UUID,
-                         bookings: Bookings) -> BookingOut:
+                         bookings: NamedDependency[Bookings]) -> BookingOut:
     """Cancel your booking or hold (until the course's cancel deadline); the seat goes to the
     first resident waiting, or can be grabbed again at once."""
     return await bookings.cancel(booking_id, request.user.sub)
@@ -334,7 +335,7 @@ async def cancel_booking(request: Caller, booking_id: uuid.UUID,
 @post("/v1/bookings/{booking_id:uuid}/swap", operation_id="swapBooking", tags=["bookings"],
       status_code=201, **requires("resident", errors=(404, 409, 413, 429)))
 async def swap_booking(request: Caller, booking_id: uuid.UUID, data: SwapIn,
-                       bookings: Bookings) -> BookingOut:
+                       bookings: NamedDependency[Bookings]) -> BookingOut:
     """Trade your booking for a seat in another course in one step: 201 with the new booking
     (the old one cancelled, its seat to the waitlist), or 409 and you keep the old one."""
     limited = await bookings.limit(request.user.sub, _address(request))
@@ -344,7 +345,7 @@ async def swap_booking(request: Caller, booking_id: uuid.UUID, data: SwapIn,
 
 
 @get("/v1/me/bookings", operation_id="myBookings", tags=["bookings"], **requires("resident"))
-async def my_bookings(request: Caller, bookings: Bookings) -> list[BookingOut]:
+async def my_bookings(request: Caller, bookings: NamedDependency[Bookings]) -> list[BookingOut]:
     """Your bookings, newest first, cancelled ones included."""
     return await bookings.of_resident(request.user.sub)
 
@@ -352,7 +353,7 @@ async def my_bookings(request: Caller, bookings: Bookings) -> list[BookingOut]:
 @get("/v1/courses/{course_id:int}/bookings", operation_id="courseRoster", tags=["bookings"],
      **requires("venue", "operator", errors=(404,)))
 async def course_roster(request: Caller, course_id: CourseId,
-                        bookings: Bookings) -> list[BookingOut]:
+                        bookings: NamedDependency[Bookings]) -> list[BookingOut]:
     """The active bookings of a course (its venue or an operator)."""
     return await bookings.roster(course_id, request.user)
 

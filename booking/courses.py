@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 from litestar import Request, get, patch, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.params import Parameter
 
 from booking.core.auth import Principal, check_owner, requires
@@ -268,7 +269,7 @@ async def cancel_everyone(conn: asyncpg.Connection, course_id: int) -> None:
 @post("/v1/courses", operation_id="createCourse", tags=["courses"],
       **requires("venue", "operator", errors=(404, 413)))
 async def create_course(request: Request[Principal, Any, State], data: CourseIn,
-                        courses: Courses) -> CourseOut:
+                        courses: NamedDependency[Courses]) -> CourseOut:
     """Publish a course. A venue publishes for itself; an operator names the venue_id."""
     return await courses.create(data, request.user)
 
@@ -277,7 +278,7 @@ async def create_course(request: Request[Principal, Any, State], data: CourseIn,
      responses=documented(400, 503))
 async def list_courses(
     request: Request,
-    courses: Courses,
+    courses: NamedDependency[Courses],
     venue_id: Annotated[int | None, Parameter(ge=1, le=MAX_ID)] = None,
     district: Annotated[str | None, Parameter(max_length=100, pattern=NO_NUL)] = None,
     category: Annotated[str | None, Parameter(max_length=60, pattern=NO_NUL)] = None,
@@ -295,7 +296,7 @@ async def list_courses(
 
 @get("/v1/courses/{course_id:int}", operation_id="getCourse", tags=["courses"],
      responses=documented(400, 404, 503))
-async def get_course(course_id: CourseId, courses: Courses) -> CourseOut:
+async def get_course(course_id: CourseId, courses: NamedDependency[Courses]) -> CourseOut:
     """One course with its live seats_left."""
     return await courses.one(course_id)
 
@@ -303,7 +304,7 @@ async def get_course(course_id: CourseId, courses: Courses) -> CourseOut:
 @patch("/v1/courses/{course_id:int}", operation_id="updateCourse", tags=["courses"],
        **requires("venue", "operator", errors=(404, 409, 413)))
 async def update_course(request: Request[Principal, Any, State], course_id: CourseId,
-                        data: CoursePatch, courses: Courses) -> CourseOut:
+                        data: CoursePatch, courses: NamedDependency[Courses]) -> CourseOut:
     """Change a course: capacity (never below active bookings), times, texts, or cancel it."""
     return await courses.update(course_id, data, request.user)
 

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import asyncpg
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.di import NamedDependency
 
 from booking.core.auth import requires
 from booking.core.errors import (
@@ -138,7 +139,8 @@ async def _settle_payment(conn: asyncpg.Connection,
 
 @post("/v1/payments/callback", operation_id="paymentCallback", tags=["payments"],
       status_code=200, responses=documented(400, 401, 404, 409, 413, 503))
-async def payment_callback(request: Request, payments: Payments) -> Response[PaymentOut]:
+async def payment_callback(request: Request,
+                           payments: NamedDependency[Payments]) -> Response[PaymentOut]:
     """The payment provider reports a paid hold (JSON body signed with HMAC-SHA256 in the
     X-Booking-Signature header: `sha256=<hex>`). Same callback twice: same answer."""
     result = await payments.settle(await request.body(), request.headers.get(SIGNATURE_HEADER))
@@ -149,7 +151,7 @@ async def payment_callback(request: Request, payments: Payments) -> Response[Pay
 
 @get("/v1/payments/refunds", operation_id="refundsDue", tags=["payments"],
      **requires("operator"))
-async def refunds_due(payments: Payments) -> list[RefundDue]:
+async def refunds_due(payments: NamedDependency[Payments]) -> list[RefundDue]:
     """Payments to give back: they came for a hold that had lapsed or was no longer active, or
     paid a booking that ended without its lesson (operators)."""
     return await payments.refunds_due()

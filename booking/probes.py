@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 import msgspec
 from litestar import Response, get
+from litestar.di import NamedDependency
 from redis.asyncio import Redis
 
 from booking.core.errors import documented
@@ -29,7 +30,8 @@ async def health() -> Health:
 
 
 @get("/ready", operation_id="ready", tags=["ops"], responses=documented(503))
-async def ready(redis: Redis, pool: asyncpg.Pool) -> Response[dict[str, str]]:
+async def ready(redis: NamedDependency[Redis],
+                pool: NamedDependency[asyncpg.Pool]) -> Response[dict[str, str]]:
     """Redis and Postgres both answer."""
     try:
         async with asyncio.timeout(2):
@@ -43,7 +45,8 @@ async def ready(redis: Redis, pool: asyncpg.Pool) -> Response[dict[str, str]]:
 
 @get("/metrics", operation_id="metrics", tags=["ops"], media_type="text/plain; version=0.0.4",
      responses=documented(503))
-async def metrics(pool: asyncpg.Pool, seats: Seats, reads: ReadCache) -> bytes:
+async def metrics(pool: NamedDependency[asyncpg.Pool], seats: NamedDependency[Seats],
+                  reads: NamedDependency[ReadCache]) -> bytes:
     """Prometheus metrics of every worker, and live seats left of the published courses."""
     rows = await reads.get("open-courses", lambda: pool.fetch(OPEN_COURSES))
     ids = [row["id"] for row in rows]

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 from litestar import get, post
+from litestar.di import NamedDependency
 
 from booking.core.auth import requires
 from booking.core.errors import documented
@@ -42,7 +43,7 @@ LIST_VENUES = f"SELECT {COLUMNS} FROM venues ORDER BY id LIMIT 1000"
 
 @post("/v1/venues", operation_id="createVenue", tags=["venues"],
       **requires("operator", errors=(413,)))
-async def create_venue(data: VenueIn, pool: asyncpg.Pool) -> VenueOut:
+async def create_venue(data: VenueIn, pool: NamedDependency[asyncpg.Pool]) -> VenueOut:
     """Add a teaching point (operators only)."""
     row = await pool.fetchrow(INSERT_VENUE, data.name, data.district, data.address,
                                 data.lat, data.lon)
@@ -50,7 +51,7 @@ async def create_venue(data: VenueIn, pool: asyncpg.Pool) -> VenueOut:
 
 
 @get("/v1/venues", operation_id="listVenues", tags=["venues"], responses=documented(503))
-async def list_venues(pool: asyncpg.Pool) -> list[VenueOut]:
+async def list_venues(pool: NamedDependency[asyncpg.Pool]) -> list[VenueOut]:
     """All teaching points (public)."""
     rows = await pool.fetch(LIST_VENUES)
     return [VenueOut(**dict(row)) for row in rows]

@@ -23,6 +23,7 @@ import asyncpg
 import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
@@ -166,7 +167,7 @@ Caller = Request[Principal, Any, State]  # request.user: the principal the middl
       status_code=201, **requires("resident", errors=(404, 409), also={
           200: ResponseSpec(WaitlistEntryOut, description="Your place, already taken before")}))
 async def join_waitlist(request: Caller, course_id: CourseId,
-                        waitlist: Waitlist) -> Response[WaitlistEntryOut]:
+                        waitlist: NamedDependency[Waitlist]) -> Response[WaitlistEntryOut]:
     """Wait for a sold-out course: 201 with your position (1 = next), 200 if you already wait,
     409 `seats_available` when a seat is free (grab it instead)."""
     entry, joined = await waitlist.join(course_id, request.user.sub)
@@ -176,7 +177,7 @@ async def join_waitlist(request: Caller, course_id: CourseId,
 @get("/v1/courses/{course_id:int}/waitlist/me", operation_id="myWaitlistPlace",
      tags=["waitlist"], **requires("resident", errors=(404,)))
 async def my_waitlist_place(request: Caller, course_id: CourseId,
-                            waitlist: Waitlist) -> WaitlistEntryOut:
+                            waitlist: NamedDependency[Waitlist]) -> WaitlistEntryOut:
     """Your current place in the waitlist of a course."""
     return await waitlist.place(course_id, request.user.sub)
 
@@ -184,7 +185,7 @@ async def my_waitlist_place(request: Caller, course_id: CourseId,
 @delete("/v1/courses/{course_id:int}/waitlist/me", operation_id="leaveWaitlist",
         tags=["waitlist"], status_code=200, **requires("resident", errors=(404,)))
 async def leave_waitlist(request: Caller, course_id: CourseId,
-                         waitlist: Waitlist) -> WaitlistEntryOut:
+                         waitlist: NamedDependency[Waitlist]) -> WaitlistEntryOut:
     """Leave the waitlist of a course."""
     return await waitlist.leave(course_id, request.user.sub)
 
