@@ -175,6 +175,8 @@ CREATE TABLE IF NOT EXISTS payments (
 );
 CREATE INDEX IF NOT EXISTS payments_refunds_due ON payments (received_at)
     WHERE outcome = 'refund_due';
+-- Ending a paid booking owes its payment back: found by booking (booking/ledger/refunds.py).
+CREATE INDEX IF NOT EXISTS payments_by_booking ON payments (booking_id);
 
 -- Notifications to residents, written in the transaction that caused them and delivered by the
 -- outbox dispatcher (booking/outbox.py); `sent_at` is set once the receiver accepted it.

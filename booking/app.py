@@ -28,13 +28,12 @@ from redis.asyncio import Redis
 from booking import bookings, courses, payments, probes, venues, waitlist
 from booking.bookings import Bookings
 from booking.core.auth import TokenVerifier, authentication
-from booking.core.db import STATEMENT_TIMEOUT_MS
 from booking.core.errors import EXCEPTION_HANDLERS
 from booking.core.middleware import observe
 from booking.core.observability import configure_logging
 from booking.core.readcache import ReadCache
 from booking.core.settings import ConfigError, Settings
-from booking.core.stores import open_pool, open_redis
+from booking.core.stores import open_pool, open_redis, write_budget_ms
 from booking.courses import Courses
 from booking.ledger.commit import DEFAULT_DEADLINE_S, BookingLedger
 from booking.ledger.outbox import dispatch_forever
@@ -62,10 +61,7 @@ async def _opened(settings: Settings, pool: asyncpg.Pool | None,
     if not settings.database_url or not settings.redis_url:
         raise ConfigError("DATABASE_URL and REDIS_URL must be set for the app; "
                           "`booking serve` sets them for you.")
-    # A write must be over, one way or the other, well before the reconciler may judge its
-    # seat stale: queueing and the statement each get at most a quarter of the pending timeout.
-    budget_ms = int(min(STATEMENT_TIMEOUT_MS, settings.pending_timeout_s / 4 * 1000))
-    own_pool = await open_pool(settings, settings.db_pool_size, budget_ms)
+    own_pool = await open_pool(settings, settings.db_pool_size, write_budget_ms(settings))
     own_redis = open_redis(settings.redis_url)
     try:
         yield own_pool, own_redis

@@ -39,8 +39,7 @@ async def owe_refunds(conn: asyncpg.Connection, booking_ids: Collection[str],
                       reason: Reason) -> int:
     """Record the refund of every paid booking among `booking_ids` (ended in the caller's
     transaction) and tell each resident; returns how many refunds are owed. Callers pass only
-    bookings whose `paid_at` is set: payments has no index by booking, and an unpaid cancel
-    should not read it."""
+    bookings whose `paid_at` is set, so an unpaid cancel never reads payments."""
     if not booking_ids:
         return 0
     rows = await conn.fetch(OWE_REFUNDS, list(booking_ids))
