@@ -62,6 +62,31 @@ async def postgres_restart(lab: FaultLab, rush: Rush, marks: Marks) -> None:
     marks.notes["start took s"] = round(marks.end - restarted, 2)
 
 
+LOCK_WAITERS = """
+SELECT count(*) FROM pg_stat_activity
+WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid() AND datname = current_database()
+"""
+
+
+async def locks_drained(conn: asyncpg.Connection, bound_s: float = 30.0) -> float:
+    """When the queue of sessions a fault left waiting for locks (behind the locked table, or
+    behind slowed commits holding course rows) has drained: the fault is over from then on, not
+    from the moment the lab let go. A 503 answered from that queue is the fault's."""
+    deadline = time.monotonic() + bound_s
+    while await conn.fetchval(LOCK_WAITERS) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return time.monotonic()
+
+
+@contextlib.asynccontextmanager
+async def _connection(lab: FaultLab) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(lab.stores.database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
 async def slow_postgres(lab: FaultLab, rush: Rush, marks: Marks) -> None:
     """A transaction holds ACCESS EXCLUSIVE on bookings for `slow_hold_s`: every insert, cancel
     and roster read waits, past the statement timeout."""
@@ -74,6 +99,7 @@ async def slow_postgres(lab: FaultLab, rush: Rush, marks: Marks) -> None:
             marks.start = time.monotonic()
             await asyncio.sleep(hold_s)
         marks.end = time.monotonic()
+        marks.calm = await locks_drained(conn)
     finally:
         await conn.close()
 
@@ -127,7 +153,8 @@ async def worker_killed(lab: FaultLab, rush: Rush, marks: Marks) -> None:
         # The living worker settles its own grabs within a slow commit or two.
         await asyncio.sleep(max(0.0, marks.start + 4 * SLOW_COMMIT_S - time.monotonic()))
         orphans = await _orphans(lab, course_ids, kill_ms, marks)
-    marks.calm = time.monotonic()
+    async with _connection(lab) as conn:
+        marks.calm = await locks_drained(conn)
     await _wait_cleared(lab, course_ids, kill_ms, orphans, marks)
     marks.notes["client connections per worker now"] = lab.connections_per_worker()
 
