@@ -2,24 +2,33 @@
 
 wrk (a C load generator, Debian package `wrk`) drives `bench_rush.lua`, which gives every
 request its own resident token and moves residents on to another course when told sold_out.
-The last line printed is one JSON object with the figures.
+Before and after the rush the same wrk settings measure the bare stack (booking/ops/ceiling.py:
+one Litestar POST, no I/O, the same uvicorn options and worker count), and the rush is reported
+as a ratio of that ceiling. A rush cut short by --max-seconds reports what wrk saw until then,
+and says so. The last line printed is one JSON object with the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import re
 import resource
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import psutil
@@ -29,22 +38,17 @@ from booking.core.settings import ConfigError, Settings
 from booking.core.stores import running
 from booking.ops.check import CheckReport, check_invariants, read_received
 from booking.ops.rehearsal import Release, publish_release
-from booking.ops.service import Service, ServiceError
+from booking.ops.service import Service, ServiceError, free_port
 
 OPENING_LEAD_S = 3.0
 HOT_SHARE = 0.9
 CHOICES = 5
+CEILING_S = 5
 
 
 def run(args: argparse.Namespace) -> int:
-    if shutil.which("wrk") is None:
-        raise ConfigError("booking bench needs wrk: apt-get install wrk.")
-    if not 0 <= args.flood <= 0.9:
-        raise ConfigError("--flood is a share of the requests, from 0 to 0.9.")
-    if min(args.courses, args.seats, args.residents, args.concurrency, args.workers,
-           args.threads) < 1:
-        raise ConfigError("--courses, --seats, --residents, --concurrency, --workers and "
-                          "--threads must be positive.")
+    """0: a clean rush; 1: violations or 5xx; 2: clean, but cut short by --max-seconds."""
+    _check_options(args)
     settings = Settings.from_env()
     if not (settings.database_url and settings.redis_url):
         bench_dir = settings.data_dir / "bench"
@@ -57,11 +61,25 @@ def run(args: argparse.Namespace) -> int:
         except ServiceError as exc:
             raise ConfigError(str(exc)) from exc
         try:
-            figures = _rush(ready, args, service, Path(work))
+            with _ceiling(args, ready, Path(work)) as ceiling:
+                figures = _rush(ready, args, service, Path(work), ceiling)
         finally:
             service.stop(grace_s=30)
     print(json.dumps(figures))
-    return 0 if not figures["violations"] and not figures["status_5xx"] else 1
+    if figures["violations"] or figures["status_5xx"]:
+        return 1
+    return 2 if figures["cut_short"] else 0
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if shutil.which("wrk") is None:
+        raise ConfigError("booking bench needs wrk: apt-get install wrk.")
+    if not 0 <= args.flood <= 0.9:
+        raise ConfigError("--flood is a share of the requests, from 0 to 0.9.")
+    if min(args.courses, args.seats, args.residents, args.concurrency, args.workers,
+           args.threads) < 1:
+        raise ConfigError("--courses, --seats, --residents, --concurrency, --workers and "
+                          "--threads must be positive.")
 
 
 def _service_env(settings: Settings, args: argparse.Namespace) -> dict[str, str]:
@@ -70,9 +88,44 @@ def _service_env(settings: Settings, args: argparse.Namespace) -> dict[str, str]
             "BOOKING_WORKERS": str(args.workers)}
 
 
-def _rush(settings: Settings, args: argparse.Namespace, service: Service,
-          work: Path) -> dict[str, object]:
+@dataclass
+class Rush:
+    """What wrk did: its output, how long the rush ran, and whether it was cut short (some
+    thread never saw all its residents done before wrk stopped)."""
+
+    output: str
+    seconds: float
+    cut_short: bool
+
+
+def _rush(settings: Settings, args: argparse.Namespace, service: Service, work: Path,
+          ceiling: Ceiling | None) -> dict[str, object]:
     base = service.base_url
+    release, tokens = _prepare(settings, args, base, work)
+    ceiling_before = ceiling.measure("before the rush") if ceiling else None
+    opens_at = time.time() + OPENING_LEAD_S + len(release.course_ids) * 0.005
+    asyncio.run(_move_opening(base, settings.secret, release, opens_at))
+    meter = CpuMeter(service, settings)
+    grabs_before = _service_grabs(base)
+    cpu_before, client_before = meter.sample(), _children_cpu()
+    time.sleep(max(0.0, opens_at - time.time()))
+    print(f"Sales open: {args.residents} residents rush over {args.concurrency} connections.",
+          flush=True)
+    rush = _run_wrk(args, base, _rush_env(args, release, tokens, work), work)
+    cpu = {k: _delta(v, cpu_before[k]) for k, v in meter.sample().items()}
+    cpu["client"] = _children_cpu() - client_before
+    grabs = _grabs_delta(_service_grabs(base), grabs_before)
+    ceiling_after = ceiling.measure("after the rush") if ceiling else None
+    counts, started = _read_counts(work, args.threads)
+    received = read_received(work.glob("wrk-*-ids.txt"))
+    report, sellout_s = asyncio.run(_verify(settings, release, received, opens_at))
+    seen = Seen(counts, started, grabs, rush, sellout_s)
+    return _report(args, seen, cpu, (ceiling_before, ceiling_after), report)
+
+
+def _prepare(settings: Settings, args: argparse.Namespace, base: str,
+             work: Path) -> tuple[Release, Path]:
+    """The release published (opening in a minute, for now) and a file of resident tokens."""
     print(f"Publishing {args.courses} courses x {args.seats} seats ...", flush=True)
     release = asyncio.run(publish_release(base, settings.secret, courses=args.courses,
                                           seats=args.seats, opens_in_s=60))
@@ -80,46 +133,39 @@ def _rush(settings: Settings, args: argparse.Namespace, service: Service,
     tokens = work / "tokens.txt"
     tokens.write_text("\n".join(mint(settings.secret, "resident", f"bench-{n}")
                                 for n in range(args.residents)) + "\n")
-    opens_at = time.time() + OPENING_LEAD_S + len(release.course_ids) * 0.005
-    asyncio.run(_move_opening(base, settings.secret, release, opens_at))
+    return release, tokens
 
-    env = {**os.environ, "BENCH_TOKENS": str(tokens),
-           "BENCH_COURSES": ",".join(map(str, release.course_ids)),
-           "BENCH_HOT": str(len(release.hot)),
-           "BENCH_HOT_SHARE": str(HOT_SHARE), "BENCH_CHOICES": str(CHOICES),
-           "BENCH_THREADS": str(args.threads), "BENCH_OUT": str(work / "wrk"),
-           "BENCH_FLOOD": str(args.flood)}
+
+def _rush_env(args: argparse.Namespace, release: Release, tokens: Path,
+              work: Path) -> dict[str, str]:
+    return {**os.environ, "BENCH_TOKENS": str(tokens),
+            "BENCH_COURSES": ",".join(map(str, release.course_ids)),
+            "BENCH_HOT": str(len(release.hot)),
+            "BENCH_HOT_SHARE": str(HOT_SHARE), "BENCH_CHOICES": str(CHOICES),
+            "BENCH_THREADS": str(args.threads), "BENCH_OUT": str(work / "wrk"),
+            "BENCH_FLOOD": str(args.flood)}
+
+
+def _run_wrk(args: argparse.Namespace, base: str, env: dict[str, str], work: Path) -> Rush:
+    """wrk until every thread has written its done marker, or until wrk stops by itself
+    (its -d, --max-seconds, ran out first: the rush was cut short)."""
     script = work / "bench_rush.lua"
     script.write_text(resources.files("booking.ops").joinpath("bench_rush.lua").read_text())
-    processes = _service_processes(service)
-    stores_before = _stores_cpu()
-    server_before = _cpu(processes)
-    client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    time.sleep(max(0.0, opens_at - time.time()))
-    print(f"Sales open: {args.residents} residents rush over {args.concurrency} connections.",
-          flush=True)
     started = time.monotonic()
     wrk = subprocess.Popen(
         ["wrk", f"-t{args.threads}", f"-c{args.concurrency}", f"-d{args.max_seconds}s",
          "--timeout", "10s", "-s", str(script), base], env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    while not all((work / f"wrk-{t}-done").exists() for t in range(args.threads)):
-        if wrk.poll() is not None:
-            break
+
+    def all_done() -> bool:
+        return all((work / f"wrk-{t}-done").exists() for t in range(args.threads))
+
+    while not all_done() and wrk.poll() is None:
         time.sleep(0.01)
-    rush_s = time.monotonic() - started
+    seconds = time.monotonic() - started
     wrk.send_signal(signal.SIGINT)
     output, _ = wrk.communicate(timeout=60)
-    client_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server_cpu = _cpu(processes) - server_before
-    stores_cpu = _stores_cpu() - stores_before
-    client_cpu = (client_after.ru_utime + client_after.ru_stime
-                  - client_before.ru_utime - client_before.ru_stime)
-    counts = _read_counts(work, args.threads)
-    received = read_received(work.glob("wrk-*-ids.txt"))
-    report, sellout_s = asyncio.run(_verify(settings, release, received, opens_at))
-    return _report(args, output, counts, rush_s, sellout_s, client_cpu, server_cpu,
-                   stores_cpu, report)
+    return Rush(output, seconds, cut_short=not all_done())
 
 
 async def _move_opening(base: str, secret: str, release: Release, opens_at: float) -> None:
@@ -140,38 +186,208 @@ async def _move_opening(base: str, secret: str, release: Release, opens_at: floa
         await asyncio.gather(*(move(c) for c in release.course_ids))
 
 
-def _service_processes(service: Service) -> list[psutil.Process]:
-    root = psutil.Process(service.pid)
-    return [root, *root.children(recursive=True)]
+CEILING_SCRIPT = """-- booking bench's ceiling: a grab's request, built per request like the rush's.
+local headers = {["Authorization"] = "Bearer %s", ["X-Request-Id"] = "1.1.1",
+                 ["X-Forwarded-For"] = "10.0.0.1", ["Content-Length"] = "0"}
+function request() return wrk.format("POST", "/v1/courses/1/bookings", headers) end
+function response(status, headers, body) local id = string.match(body, '"id":"([%%x%%-]+)"') end
+"""
 
 
-def _cpu(processes: list[psutil.Process]) -> float:
-    total = 0.0
-    for process in processes:
+class Ceiling:
+    """The bare stack (booking/ops/ceiling.py) in its own uvicorn, rushed by wrk with the
+    bench's threads and connections for CEILING_S seconds at a time."""
+
+    def __init__(self, args: argparse.Namespace, token: str, work: Path) -> None:
+        self.args, self.work = args, work
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.script = work / "ceiling.lua"
+        self.script.write_text(CEILING_SCRIPT % token)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 60) -> None:
+        with (self.work / "ceiling.log").open("ab") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "booking.ops.ceiling", "--port", str(self.port),
+                 "--workers", str(self.args.workers)], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while not self._ready():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise ConfigError(f"the ceiling app did not start; see {self.work}/ceiling.log")
+            time.sleep(0.2)
+        time.sleep(1.0)  # every worker past its imports before wrk connects
+
+    def _ready(self) -> bool:
         try:
-            times = process.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
+            answered = httpx.post(f"{self.url}/v1/courses/1/bookings", timeout=1)
+        except httpx.HTTPError:
+            return False
+        assert self._proc is not None
+        workers = [c for c in psutil.Process(self._proc.pid).children()
+                   if not any("resource_tracker" in part for part in c.cmdline())]
+        # One worker serves in uvicorn's own process; several are its children.
+        return answered.status_code == 201 and (self.args.workers == 1
+                                                or len(workers) >= self.args.workers)
+
+    def measure(self, when: str) -> float | None:
+        """Requests per second wrk got from the bare stack; None if any answer was not 201."""
+        done = subprocess.run(
+            ["wrk", f"-t{self.args.threads}", f"-c{self.args.concurrency}", f"-d{CEILING_S}s",
+             "--timeout", "10s", "-s", str(self.script), self.url],
+            capture_output=True, text=True, timeout=CEILING_S + 60)
+        rate = re.search(r"Requests/sec:\s+([0-9.]+)", done.stdout)
+        if rate is None or "Non-2xx" in done.stdout:
+            print(f"Ceiling {when}: wrk did not measure it cleanly:\n{done.stdout}", flush=True)
+            return None
+        rps = round(float(rate.group(1)), 1)
+        print(f"Ceiling {when}: the bare stack answered {rps} req/s.", flush=True)
+        return rps
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(5)
+        self._proc = None
+
+
+@contextlib.contextmanager
+def _ceiling(args: argparse.Namespace, settings: Settings,
+             work: Path) -> Iterator[Ceiling | None]:
+    """The ceiling's server for the whole run (idle during the rush), or None with
+    --no-ceiling."""
+    if getattr(args, "no_ceiling", False):
+        yield None
+        return
+    ceiling = Ceiling(args, mint(settings.secret, "resident", "bench-ceiling"), work)
+    try:
+        ceiling.start()
+        yield ceiling
+    finally:
+        ceiling.stop()
+
+
+class CpuMeter:
+    """CPU seconds of the service's processes, of Redis and of Postgres (each found by the
+    socket its URL names, with every child; a store on another machine counts as None)."""
+
+    def __init__(self, service: Service, settings: Settings) -> None:
+        self.roots = {"service": _process(service.pid),
+                      "redis": _listener(_redis_address(str(settings.redis_url))),
+                      "postgres": _listener(_postgres_address(str(settings.database_url)))}
+
+    def sample(self) -> dict[str, float | None]:
+        return {name: _tree_cpu(root) if root else None for name, root in self.roots.items()}
+
+
+def _process(pid: int | None) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid) if pid else None
+    except psutil.Error:
+        return None
+
+
+def _tree_cpu(root: psutil.Process) -> float | None:
+    """CPU of a process, its live descendants and the children it has reaped."""
+    try:
+        times = root.cpu_times()
+        processes = root.children(recursive=True)
+    except psutil.Error:
+        return None
+    total = times.user + times.system + times.children_user + times.children_system
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            child = process.cpu_times()
+            total += child.user + child.system
     return total
 
 
-def _stores_cpu() -> float:
-    """CPU of every Postgres and Redis process on the machine (the stores the service uses)."""
-    names = ("postgres", "redis-server")
-    return _cpu([p for p in psutil.process_iter(["name"])
-                 if (p.info["name"] or "").startswith(names)])
+Address = str | tuple[str, int]
 
 
-def _read_counts(work: Path, threads: int) -> Counter[str]:
+def _redis_address(url: str) -> Address:
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return parts.hostname or "localhost", parts.port or 6379
+
+
+def _postgres_address(url: str) -> Address:
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    host = query.get("host", [parts.hostname or "localhost"])[0]
+    port = int(query.get("port", [parts.port or 5432])[0])
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
+
+
+def _listener(address: Address) -> psutil.Process | None:
+    """The local process listening on `address` (a Unix socket path, or host and port)."""
+    local = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"}
+    if isinstance(address, tuple) and address[0] not in local:
+        return None
+    try:
+        connections = psutil.net_connections(kind="unix" if isinstance(address, str)
+                                             else "inet")
+    except psutil.Error:
+        return None
+    pids = {conn.pid for conn in connections
+            if conn.pid and (conn.laddr == address if isinstance(address, str) else
+                             conn.status == psutil.CONN_LISTEN and conn.laddr
+                             and conn.laddr[1] == address[1])}
+    # Postgres's backends inherit the listening socket: the root is the one whose parent
+    # does not hold it.
+    roots = [p for p in map(_process, pids) if p is not None and p.ppid() not in pids]
+    return roots[0] if len(roots) == 1 else None
+
+
+def _children_cpu() -> float:
+    """CPU of the child processes this process has waited for (wrk)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _delta(after: float | None, before: float | None) -> float | None:
+    return after - before if after is not None and before is not None else None
+
+
+GRABS_LINE = re.compile(r'^booking_grabs_total\{outcome="([^"]+)"\} ([0-9.e+]+)$', re.M)
+
+
+def _service_grabs(base: str) -> dict[str, float]:
+    """The service's own count of grab answers by outcome (its /metrics, every worker)."""
+    try:
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return {}
+    return {outcome: float(n) for outcome, n in GRABS_LINE.findall(text)}
+
+
+def _grabs_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, int]:
+    return {k: round(n - before.get(k, 0)) for k, n in sorted(after.items())
+            if n - before.get(k, 0) > 0}
+
+
+def _read_counts(work: Path, threads: int) -> tuple[Counter[str], int]:
+    """Answers by status (and code) that wrk's threads saw, as of their last checkpoint, and
+    how many residents they had started."""
     counts: Counter[str] = Counter()
+    started = 0
     for t in range(threads):
         path = work / f"wrk-{t}-counts.txt"
-        if path.exists():
-            for line in path.read_text().splitlines():
-                key, n = line.rsplit(" ", 1)
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            key, n = line.rsplit(" ", 1)
+            if key == "#started":
+                started += int(n)
+            else:
                 counts[key] += int(n)
-    return counts
+    return counts, started
 
 
 async def _verify(settings: Settings, release: Release, received: set[str],
@@ -194,43 +410,132 @@ async def _verify(settings: Settings, release: Release, received: set[str],
     return report, sellout_s
 
 
-def _report(args: argparse.Namespace, wrk_output: str, counts: Counter[str], rush_s: float,
-            sellout_s: float | None, client_cpu: float, server_cpu: float, stores_cpu: float,
+@dataclass
+class Seen:
+    """What the rush saw: wrk's answers, the residents it started, the service's own grab
+    outcomes, the rush itself and when the release sold out (None: it did not)."""
+
+    counts: Counter[str]
+    started: int
+    service_grabs: dict[str, int]
+    rush: Rush
+    sellout_s: float | None
+
+
+def _report(args: argparse.Namespace, seen: Seen, cpu: dict[str, float | None],
+            ceiling: tuple[float | None, float | None],
             report: CheckReport) -> dict[str, object]:
+    figures = _figures(args, seen, cpu, ceiling, report)
+    _print_summary(args, seen, figures, report)
+    return figures
+
+
+def _figures(args: argparse.Namespace, seen: Seen, cpu: dict[str, float | None],
+             ceiling: tuple[float | None, float | None],
+             report: CheckReport) -> dict[str, object]:
+    counts, rush = seen.counts, seen.rush
     wrk = next((json.loads(line.removeprefix("BENCH_WRK "))
-                for line in wrk_output.splitlines() if line.startswith("BENCH_WRK ")), {})
+                for line in rush.output.splitlines() if line.startswith("BENCH_WRK ")), {})
     decisions = sum(n for key, n in counts.items()
                     if key.split(":")[0] in ("200", "201", "409"))
     confirmed = counts.get("201", 0)
-    status_5xx = sum(n for key, n in counts.items() if key.split(":")[-1].startswith("5"))
-    flood = {key: n for key, n in counts.items() if key.startswith("flood:")}
-    figures: dict[str, object] = {
-        "decisions_per_s": round(decisions / rush_s, 1),
-        "confirmed_per_s": round(confirmed / sellout_s, 1) if sellout_s else None,
+    decisions_per_s = decisions / rush.seconds
+    return {
+        "cut_short": rush.cut_short,
+        "decisions_per_s": round(decisions_per_s, 1),
+        "confirmed_per_s": round(confirmed / seen.sellout_s, 1) if seen.sellout_s else None,
+        **_ceiling_figures(decisions_per_s, ceiling),
         "p50_ms": wrk.get("p50_us", 0) / 1000, "p95_ms": wrk.get("p95_us", 0) / 1000,
         "p99_ms": wrk.get("p99_us", 0) / 1000, "max_ms": wrk.get("max_us", 0) / 1000,
-        "sellout_s": round(sellout_s, 3) if sellout_s else None,
-        "rush_s": round(rush_s, 3), "decisions": decisions, "confirmed": confirmed,
-        "status_counts": dict(sorted(counts.items())), "status_5xx": status_5xx,
-        "flood_answers": flood,
+        "sellout_s": round(seen.sellout_s, 3) if seen.sellout_s else None,
+        "rush_s": round(rush.seconds, 3), "decisions": decisions, "confirmed": confirmed,
+        "residents_started": seen.started,
+        "status_counts": dict(sorted(counts.items())),
+        "status_5xx": sum(n for key, n in counts.items()
+                          if key.split(":")[-1].startswith("5")),
+        "flood_answers": {key: n for key, n in counts.items() if key.startswith("flood:")},
+        "service_grab_outcomes": seen.service_grabs,
         "socket_errors": wrk.get("socket_errors", {}),
         "violations": len(report.violations),
-        "client_cpu_s": round(client_cpu, 2), "server_cpu_s": round(server_cpu, 2),
-        "stores_cpu_s": round(stores_cpu, 2),
+        **_cpu_figures(cpu, decisions),
         "options": {k: getattr(args, k) for k in ("courses", "seats", "residents",
-                                                  "concurrency", "workers", "threads", "flood")},
+                                                  "concurrency", "workers", "threads", "flood",
+                                                  "max_seconds")},
     }
+
+
+def _ceiling_figures(decisions_per_s: float,
+                     ceiling: tuple[float | None, float | None]) -> dict[str, object]:
+    before, after = ceiling
+    measured = [rps for rps in (before, after) if rps]
+    mean = sum(measured) / len(measured) if measured else None
+    return {"ceiling_rps": round(mean, 1) if mean else None,
+            "ceiling_rps_before": before, "ceiling_rps_after": after,
+            "ratio": round(decisions_per_s / mean, 3) if mean else None}
+
+
+def _cpu_figures(cpu: dict[str, float | None], decisions: int) -> dict[str, object]:
+    def seconds(name: str) -> float | None:
+        value = cpu.get(name)
+        return round(value, 2) if value is not None else None
+
+    def ms_per_decision(name: str) -> float | None:
+        value = cpu.get(name)
+        return round(value * 1000 / decisions, 4) if value is not None and decisions else None
+
+    redis, postgres = cpu.get("redis"), cpu.get("postgres")
+    stores = redis + postgres if redis is not None and postgres is not None else None
+    return {"client_cpu_s": seconds("client"), "server_cpu_s": seconds("service"),
+            "redis_cpu_s": seconds("redis"), "postgres_cpu_s": seconds("postgres"),
+            "stores_cpu_s": round(stores, 2) if stores is not None else None,
+            "cpu_ms_per_decision": {name: ms_per_decision(name)
+                                    for name in ("service", "redis", "postgres")}}
+
+
+def _print_summary(args: argparse.Namespace, seen: Seen, figures: dict[str, object],
+                   report: CheckReport) -> None:
+    f = figures
     print(f"""
 Rush of {args.residents} residents at {args.courses} courses x {args.seats} seats
-  decisions (201/200/409): {decisions} in {rush_s:.2f} s = {figures['decisions_per_s']}/s
-  confirmed bookings:      {confirmed}, sold out after {figures['sellout_s']} s = \
-{figures['confirmed_per_s']}/s
-  latency p50/p95/p99/max: {figures['p50_ms']} / {figures['p95_ms']} / {figures['p99_ms']} / \
-{figures['max_ms']} ms
-  answers:                 {dict(sorted(counts.items()))}
+{_cut_short_line(args, seen, figures)}\
+  decisions (201/200/409): {f['decisions']} in {f['rush_s']:.2f} s = {f['decisions_per_s']}/s
+  confirmed bookings:      {f['confirmed']}, {_sellout(figures)}
+{_ceiling_line(figures)}\
+  latency p50/p95/p99/max: {f['p50_ms']} / {f['p95_ms']} / {f['p99_ms']} / {f['max_ms']} ms
+  answers:                 {f['status_counts']}
   (flood answers are the abuser's; decisions and rates count honest residents only)
-  socket errors:           {figures['socket_errors']}
-  CPU seconds:             client (wrk) {figures['client_cpu_s']}, service \
-{figures['server_cpu_s']}, Postgres+Redis {figures['stores_cpu_s']}
+  service's grab outcomes: {f['service_grab_outcomes']} (its /metrics)
+  socket errors:           {f['socket_errors']}
+  CPU seconds:             client (wrk) {f['client_cpu_s']}, service {f['server_cpu_s']}, \
+Redis {f['redis_cpu_s']}, Postgres {f['postgres_cpu_s']}
+  CPU ms per decision:     {_per_decision(f['cpu_ms_per_decision'])}
 {report.summary()}""", flush=True)
-    return figures
+
+
+def _cut_short_line(args: argparse.Namespace, seen: Seen, figures: dict[str, object]) -> str:
+    if not seen.rush.cut_short:
+        return ""
+    return (f"  RUSH CUT SHORT by --max-seconds {args.max_seconds}: {seen.started} of "
+            f"{args.residents} residents started, and not all got their answers. The figures "
+            f"are what wrk saw until then (each wrk thread's last up to 200 answers may be "
+            f"missing); the service counted {sum(seen.service_grabs.values())} grab answers. "
+            f"The release {'sold out' if figures['sellout_s'] else 'did not sell out'}.\n")
+
+
+def _sellout(figures: dict[str, object]) -> str:
+    if figures["sellout_s"] is None:
+        return "the release did not sell out"
+    return f"sold out after {figures['sellout_s']} s = {figures['confirmed_per_s']}/s"
+
+
+def _ceiling_line(figures: dict[str, object]) -> str:
+    if figures["ceiling_rps"] is None:
+        return ""
+    return (f"  ceiling (bare stack):    {figures['ceiling_rps']} req/s (before "
+            f"{figures['ceiling_rps_before']}, after {figures['ceiling_rps_after']}); "
+            f"ratio {figures['ratio']}\n")
+
+
+def _per_decision(per: object) -> str:
+    assert isinstance(per, dict)
+    return ", ".join(f"{name} {value}" for name, value in per.items())

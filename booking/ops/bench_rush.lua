@@ -4,7 +4,8 @@
 -- of the time, and on `sold_out` moves on to its next choice (up to BENCH_CHOICES courses).
 -- The X-Request-Id header "<resident>.<attempt>.<course>" comes back on the answer, which is how an
 -- answer is matched to the resident who asked. Each thread writes what it saw (counts by
--- answer, booking ids received) to files and a "done" marker once all its residents are done.
+-- answer, booking ids received) to files as it goes (every 200 answers, so a rush cut
+-- short by wrk's -d still leaves its figures) and a "done" marker once all its residents are done.
 --
 -- Environment: BENCH_TOKENS (file, one token per line), BENCH_COURSES (comma-separated ids,
 -- hottest first), BENCH_HOT (how many are hot), BENCH_HOT_SHARE (0..1), BENCH_CHOICES,
@@ -21,11 +22,13 @@ end
 
 local tokens, courses = {}, {}
 local hot, hot_share, choices, out, flood, flood_seed
-local next_resident, last_resident
+local first_resident, next_resident, last_resident
+local CHECKPOINT = 200
+local since_checkpoint = 0
+local ids_file
 local retry = {}
 local outstanding = 0
 local counts = {}
-local received = {}
 local finished = false
 local verifying = false
 
@@ -48,7 +51,9 @@ function init(args)
   local share = math.ceil(#tokens / threads)
   -- wrk calls request() once on the first thread to verify the script and never sends it.
   verifying = (tid == 0)
-  next_resident = tid * share + 1
+  first_resident = tid * share + 1
+  next_resident = first_resident
+  ids_file = io.open(out .. "-ids.txt", "w")
   last_resident = math.min(#tokens, (tid + 1) * share)
 end
 
@@ -111,17 +116,21 @@ function request()
   return wrk.format("GET", "/health", {["X-Request-Id"] = "idle"})
 end
 
-local function write_results()
-  local file = io.open(out .. "-counts.txt", "w")
+-- What this thread saw so far: counts by answer (replaced whole, by a rename) and "#started N",
+-- the residents it has sent on their way; the ids file is flushed to the same point.
+local function checkpoint()
+  since_checkpoint = 0
+  local path = out .. "-counts.txt"
+  local file = io.open(path .. ".tmp", "w")
   for key, n in pairs(counts) do file:write(key, " ", n, "\n") end
+  file:write("#started ", next_resident - first_resident, "\n")
   file:close()
-  file = io.open(out .. "-ids.txt", "w")
-  for _, id in ipairs(received) do file:write(id, "\n") end
-  file:close()
-  io.open(out .. "-done", "w"):close()
+  os.rename(path .. ".tmp", path)
+  ids_file:flush()
 end
 
 function response(status, headers, body)
+  if finished then return end
   local rid = headers["x-request-id"] or headers["X-Request-Id"]
   if rid == "flood" then
     local key = "flood:" .. status
@@ -132,7 +141,8 @@ function response(status, headers, body)
     resident, attempt = tonumber(resident), tonumber(attempt)
     local key = tostring(status)
     if status == 200 or status == 201 then
-      received[#received + 1] = string.match(body, '"id":"([%x%-]+)"')
+      local id = string.match(body, '"id":"([%x%-]+)"')
+      if id then ids_file:write(id, "\n") end
     else
       local code = string.match(body, '"code":"([%w_]+)"')
       key = key .. ":" .. (code or "?")
@@ -145,9 +155,13 @@ function response(status, headers, body)
     end
     counts[key] = (counts[key] or 0) + 1
   end
+  since_checkpoint = since_checkpoint + 1
+  if since_checkpoint >= CHECKPOINT then checkpoint() end
   if not finished and outstanding == 0 and #retry == 0 and next_resident > last_resident then
     finished = true
-    write_results()
+    checkpoint()
+    ids_file:close()
+    io.open(out .. "-done", "w"):close()
     wrk.thread:stop()
   end
 end

@@ -151,3 +151,5 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "to show that refusing them (429) does not slow honest grabs")
     parser.add_argument("--max-seconds", type=int, default=300,
                         help="stop the rush after this long (default 300)")
+    parser.add_argument("--no-ceiling", action="store_true",
+                        help="skip measuring the bare stack before and after the rush")
