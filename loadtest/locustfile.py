@@ -2,11 +2,13 @@
 
 Why this exists: DESIGN.md promises every resident a fast, honest answer and that no seat is
 ever sold twice or lost. This Locust scenario rehearses an opening against a running service
-on 127.0.0.1. Every user is spawned before the opening and waits for `opens_at`, so the first
-grabs land together; then each behaves like a person: skewed wishes (most aim at the hottest
-tenth), the next wish on `sold_out`, Retry-After on `not_open`, a few cancel, many reload the
-course list. On a paid course a seat is a hold: most pay it (a signed callback, as the payment
-provider sends), a few let it lapse or cancel it. Some answered `sold_out` join that course's
+on 127.0.0.1, each resident from an address of its own (`X-Forwarded-For`, as through a load
+balancer, so the per-address rate limit judges residents, not the crowd). Every user is
+spawned before the opening and waits for `opens_at`, so the first grabs land together; then
+each behaves like a person: skewed wishes (most aim at the hottest tenth), the next wish on
+`sold_out`, Retry-After on `not_open`, a few cancel, many reload the course list. On a paid
+course a seat is a hold: most pay it (a signed callback, as the payment provider sends), a few
+let it lapse or cancel it. Some answered `sold_out` join that course's
 waitlist and later look at their place (paying the hold a promotion gives them) or leave; some
 holders swap their seat for another course. Every answer's body is checked, every booking id a
 client was told about goes to `<results>/received-<pid>.txt`, and the run ends with a verdict

@@ -38,6 +38,10 @@ def test_a_small_locust_release_day_passes_its_own_verdict(server, stores, tmp_p
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-3000:]
     assert "release-day verdict: PASS" in output
+    # Each resident comes from an address of its own (X-Forwarded-For, as through a load
+    # balancer), so the per-address limit at its default never takes the crowd for an abuser.
+    assert "(0 answered 429 rate_limited)" in output, output[-3000:]
+    assert rate_limited(tmp_path / "run_failures.csv") == 0
     # The checker judged this release's courses only, not what other tests left beside them.
     assert "Checked 6 courses" in output
     received = (tmp_path / "results").glob("received-*.txt")
@@ -51,3 +55,9 @@ def test_a_small_locust_release_day_passes_its_own_verdict(server, stores, tmp_p
 def requests_by_name(stats: Path) -> dict[tuple[str, str], int]:
     with stats.open() as f:
         return {(row["Type"], row["Name"]): int(row["Request Count"]) for row in csv.DictReader(f)}
+
+
+def rate_limited(failures: Path) -> int:
+    """Failures Locust recorded as a 429 answer, from its CSV of failures."""
+    with failures.open() as f:
+        return sum(int(row["Occurrences"]) for row in csv.DictReader(f) if "429" in row["Error"])

@@ -26,7 +26,7 @@ from locust.runners import Runner, WorkerRunner
 
 from booking.core.auth import mint
 from booking.core.signing import signed_headers
-from booking.ops.rehearsal import Release
+from booking.ops.rehearsal import Release, address_of
 from loadtest.release_day.judges import (
     Judged,
     Seat,
@@ -77,8 +77,13 @@ def signed_payment(booking_id: str, amount_cents: int) -> tuple[bytes, dict[str,
 
 @functools.cache
 def bearer(resident_id: str) -> dict[str, str]:
-    """Headers for one resident, minted the first time they are needed."""
-    return {"Authorization": f"Bearer {mint(booking_secret(), 'resident', resident_id)}"}
+    """Headers for one resident, minted the first time they are needed: the token, and the
+    resident's own client address in `X-Forwarded-For`, as a load balancer in front of the
+    service sends it (the service trusts it from FORWARDED_ALLOW_IPS, 127.0.0.1 by default).
+    Residents come from many carrier addresses, so the per-address rate limit must not take
+    the whole simulated crowd, all from 127.0.0.1, for one abuser."""
+    return {"Authorization": f"Bearer {mint(booking_secret(), 'resident', resident_id)}",
+            "X-Forwarded-For": address_of(resident_id)}
 
 
 def pick_wishes(release: Release, rng: random.Random) -> list[int]:

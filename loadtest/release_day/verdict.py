@@ -9,6 +9,7 @@ the exit code and is printed last.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -107,10 +108,35 @@ def on_test_start(environment: Environment, **_: Any) -> None:
         environment.host = release_of(Options.of(environment).release).base_url
 
 
+@dataclass(slots=True)
+class Generated:
+    """Requests this process sent, for Locust's own cost: requests per CPU second."""
+
+    requests: int = 0
+
+
+GENERATED = Generated()
+
+
+@events.request.add_listener
+def on_request(**_: Any) -> None:
+    GENERATED.requests += 1
+
+
+def locust_cpu_line() -> str:
+    """This process's requests and CPU seconds (user + system) since it started."""
+    times = os.times()
+    cpu_s = times.user + times.system
+    rate = GENERATED.requests / cpu_s if cpu_s > 0 else 0.0
+    return (f"locust process {os.getpid()}: {GENERATED.requests} requests, {cpu_s:.1f} CPU s, "
+            f"{rate:.0f} requests per CPU second")
+
+
 @events.test_stop.add_listener
 def on_test_stop(environment: Environment, **_: Any) -> None:
     if not is_master(environment):
         write_received(Options.of(environment).results)
+        log.info(locust_cpu_line())
 
 
 @events.quitting.add_listener
@@ -123,6 +149,7 @@ def on_quitting(environment: Environment, **_: Any) -> None:
         write_received(options.results)
     problems = threshold_problems(environment, options)
     if is_master(environment):
+        log.info(locust_cpu_line())  # the master's own share; each worker logs its own
         problems += missing_worker_files(options.results, STATE.workers)
     if options.check:
         problems += checker_problems(options.release, options.results)
@@ -183,10 +210,18 @@ def checker_problems(release: Path, results: Path) -> list[str]:
 
 def verdict_line(environment: Environment, options: Options, problems: list[str]) -> str:
     total = environment.stats.total
-    figures = (f"{total.num_requests} requests, {total.fail_ratio:.2%} failed, "
+    figures = (f"{total.num_requests} requests, {total.fail_ratio:.2%} failed "
+               f"({rate_limited(environment)} answered 429 rate_limited), "
                f"p50 {total.get_response_time_percentile(0.5) or 0:.0f} ms, "
                f"p99 {total.get_response_time_percentile(0.99) or 0:.0f} ms")
     checked = ", booking check clean" if options.check else ", not checked (--no-check)"
     if problems:
         return f"release-day verdict: FAIL ({'; '.join(problems)}): {figures}"
     return f"release-day verdict: PASS: {figures}{checked}"
+
+
+def rate_limited(environment: Environment) -> int:
+    """Answers 429 `rate_limited`: honest residents, each from an address of its own, should
+    get none at the default limits."""
+    return sum(error.occurrences for error in environment.stats.errors.values()
+               if "'rate_limited'" in str(error.error))
