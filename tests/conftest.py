@@ -288,3 +288,54 @@ async def private_stores(stores) -> AsyncIterator[tuple[asyncpg.Pool, Redis]]:
         await pool.close()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+LOCK_WAITERS = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock'
+"""
+
+
+def lock_waiters(db: asyncpg.Pool, n: int) -> Any:
+    """A `wait_for` predicate: at least `n` sessions wait for a lock (at a Barrier, or behind
+    one)."""
+    async def enough() -> bool:
+        return await db.fetchval(LOCK_WAITERS) >= n
+    return enough
+
+
+class Barrier:
+    """A test-only trigger (`create_sql`, which calls `pg_advisory_xact_lock_shared(key)` where
+    it should stop) holds matching statements inside their transactions until `lift()`:
+
+        async with Barrier(db, key, create_sql, drop_sql) as barrier:
+            ...start requests, wait_for(lock_waiters(db, n))...
+            await barrier.lift()
+            answers = await gather(...)
+
+    The trigger is dropped on the way out, once no transaction is inside (dropping a trigger
+    locks the whole table)."""
+
+    def __init__(self, db: asyncpg.Pool, key: int, create_sql: str, drop_sql: str) -> None:
+        self._db, self._key, self._create, self._drop = db, key, create_sql, drop_sql
+        self._conn: Any = None
+        self._held = False
+
+    async def __aenter__(self) -> Barrier:
+        self._conn = await self._db.acquire()
+        await self._conn.execute(self._create)
+        await self._conn.execute("SELECT pg_advisory_lock($1)", self._key)
+        self._held = True
+        return self
+
+    async def lift(self) -> None:
+        if self._held:
+            await self._conn.execute("SELECT pg_advisory_unlock($1)", self._key)
+            self._held = False
+
+    async def __aexit__(self, *_: object) -> None:
+        try:
+            await self.lift()
+            await self._conn.execute(self._drop)
+        finally:
+            await self._db.release(self._conn)

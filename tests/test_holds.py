@@ -9,10 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 from conftest import (
     OPERATOR,
+    Barrier,
     active_rows,
     cancel,
     gate_left,
     grab,
+    lock_waiters,
     make_course,
     my_bookings,
     pay,
@@ -194,19 +196,6 @@ CREATE OR REPLACE TRIGGER test_payment_barrier AFTER UPDATE ON bookings FOR EACH
 """
 LIFT_PAYMENT_BARRIER = "DROP TRIGGER IF EXISTS test_payment_barrier ON bookings"
 BARRIER_KEY = 0x5041_5944  # "PAYD"
-LOCK_WAITERS = """
-SELECT count(*) FROM pg_stat_activity
-WHERE datname = current_database() AND wait_event_type = 'Lock'
-"""
-
-
-def lock_waiters(db, n: int):
-    """A wait_for predicate: at least `n` sessions wait for a lock."""
-    async def enough() -> bool:
-        return await db.fetchval(LOCK_WAITERS) >= n
-    return enough
-
-
 async def test_a_cancel_that_waited_for_the_payment_owes_its_refund(http, db, redis):
     """The resident cancels while the provider's callback is confirming the hold: the cancel
     waits for the payment's row lock, then ends a paid booking, so the same transaction owes
@@ -214,21 +203,14 @@ async def test_a_cancel_that_waited_for_the_payment_owes_its_refund(http, db, re
     course = await make_course(http, capacity=1, price_cents=PRICE)
     who = unique("payer")
     booking = (await grab(http, course["id"], who)).json()
-    async with db.acquire() as barrier:
-        await barrier.execute(PAYMENT_BARRIER.format(key=BARRIER_KEY, who=who))
-        try:
-            await barrier.execute("SELECT pg_advisory_lock($1)", BARRIER_KEY)
-            try:
-                paying = asyncio.ensure_future(pay(http, booking["id"], PRICE))
-
-                await wait_for(lock_waiters(db, 1), timeout=10)  # the payment, at the barrier
-                cancelling = asyncio.ensure_future(cancel(http, booking["id"], who))
-                await wait_for(lock_waiters(db, 2), timeout=10)  # the cancel, behind its row
-            finally:
-                await barrier.execute("SELECT pg_advisory_unlock($1)", BARRIER_KEY)
-            paid, cancelled = await asyncio.gather(paying, cancelling)
-        finally:
-            await barrier.execute(LIFT_PAYMENT_BARRIER)
+    async with Barrier(db, BARRIER_KEY, PAYMENT_BARRIER.format(key=BARRIER_KEY, who=who),
+                       LIFT_PAYMENT_BARRIER) as barrier:
+        paying = asyncio.ensure_future(pay(http, booking["id"], PRICE))
+        await wait_for(lock_waiters(db, 1), timeout=10)  # the payment, at the barrier
+        cancelling = asyncio.ensure_future(cancel(http, booking["id"], who))
+        await wait_for(lock_waiters(db, 2), timeout=10)  # the cancel, behind its row
+        await barrier.lift()
+        paid, cancelled = await asyncio.gather(paying, cancelling)
 
     assert paid.json()["outcome"] == "confirmed", paid.text
     assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled")

@@ -9,11 +9,13 @@ from datetime import UTC, datetime, timedelta
 
 from conftest import (
     OPERATOR,
+    Barrier,
     active_rows,
     cancel,
     gate_left,
     grab,
     join_waitlist,
+    lock_waiters,
     make_course,
     my_bookings,
     pay,
@@ -122,12 +124,6 @@ CREATE OR REPLACE TRIGGER test_swap_barrier AFTER UPDATE ON bookings
 """
 LIFT_SWAP_BARRIER = "DROP TRIGGER IF EXISTS test_swap_barrier ON bookings"
 BARRIER_KEY = 0x5357_4150  # "SWAP"
-LOCK_WAITERS = """
-SELECT count(*) FROM pg_stat_activity
-WHERE datname = current_database() AND wait_event_type = 'Lock'
-"""
-
-
 async def test_swaps_in_opposite_directions_inside_one_window_both_succeed(http, db, redis):
     """A->B and B->A, each stopped right after its cancel (the old course's row locked): before
     the fix each then waited for the other's course and Postgres killed one as a deadlock (503).
@@ -136,23 +132,13 @@ async def test_swaps_in_opposite_directions_inside_one_window_both_succeed(http,
     left, right = unique("a-to-b"), unique("b-to-a")
     from_a = (await grab(http, a["id"], left)).json()["id"]
     from_b = (await grab(http, b["id"], right)).json()["id"]
-    async with db.acquire() as barrier:
-        await barrier.execute(SWAP_BARRIER.format(a=a["id"], b=b["id"], key=BARRIER_KEY))
-        try:
-            await barrier.execute("SELECT pg_advisory_lock($1)", BARRIER_KEY)
-            try:
-                swaps = asyncio.gather(swap(http, from_a, left, b["id"]),
-                                       swap(http, from_b, right, a["id"]))
-
-                async def both_inside() -> bool:  # at the barrier, or waiting for the other
-                    return await db.fetchval(LOCK_WAITERS) >= 2
-
-                await wait_for(both_inside, timeout=10)
-            finally:
-                await barrier.execute("SELECT pg_advisory_unlock($1)", BARRIER_KEY)
-            answers = await swaps
-        finally:  # once no swap is inside: dropping a trigger locks the whole table
-            await barrier.execute(LIFT_SWAP_BARRIER)
+    async with Barrier(db, BARRIER_KEY, SWAP_BARRIER.format(a=a["id"], b=b["id"], key=BARRIER_KEY),
+                       LIFT_SWAP_BARRIER) as barrier:
+        swaps = asyncio.gather(swap(http, from_a, left, b["id"]),
+                               swap(http, from_b, right, a["id"]))
+        await wait_for(lock_waiters(db, 2), timeout=10)  # at the barrier, or behind the other
+        await barrier.lift()
+        answers = await swaps
 
     assert [(r.status_code, r.json().get("code")) for r in answers] == [(201, None)] * 2
     assert await active_courses(http, left) == [b["id"]]
@@ -211,30 +197,15 @@ async def test_a_cancel_beside_its_course_being_cancelled_both_succeed(http, db,
     who = unique("canceller")
     booking = (await grab(http, course["id"], who)).json()
     assert (await pay(http, booking["id"], 4500)).json()["outcome"] == "confirmed"
-    async with db.acquire() as barrier:
-        await barrier.execute(CANCEL_BARRIER.format(key=BARRIER_KEY, who=who))
-        try:
-            await barrier.execute("SELECT pg_advisory_lock($1)", BARRIER_KEY)
-            try:
-                mine = asyncio.ensure_future(cancel(http, booking["id"], who))
-
-                async def at_barrier() -> bool:
-                    return await db.fetchval(LOCK_WAITERS) >= 1
-
-                await wait_for(at_barrier, timeout=10)
-                venue = asyncio.ensure_future(http.patch(
-                    f"/v1/courses/{course['id']}", json={"status": "cancelled"},
-                    headers=OPERATOR))
-
-                async def both_waiting() -> bool:
-                    return await db.fetchval(LOCK_WAITERS) >= 2
-
-                await wait_for(both_waiting, timeout=10)
-            finally:
-                await barrier.execute("SELECT pg_advisory_unlock($1)", BARRIER_KEY)
-            answers = await asyncio.gather(mine, venue)
-        finally:
-            await barrier.execute(LIFT_CANCEL_BARRIER)
+    async with Barrier(db, BARRIER_KEY, CANCEL_BARRIER.format(key=BARRIER_KEY, who=who),
+                       LIFT_CANCEL_BARRIER) as barrier:
+        mine = asyncio.ensure_future(cancel(http, booking["id"], who))
+        await wait_for(lock_waiters(db, 1), timeout=10)  # the resident's cancel, at the barrier
+        venue = asyncio.ensure_future(http.patch(
+            f"/v1/courses/{course['id']}", json={"status": "cancelled"}, headers=OPERATOR))
+        await wait_for(lock_waiters(db, 2), timeout=10)  # the venue's, waiting too
+        await barrier.lift()
+        answers = await asyncio.gather(mine, venue)
 
     assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
     assert answers[1].json()["status"] == "cancelled"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from booking.core.errors import ApiError, Conflict, NotFound
@@ -29,26 +29,25 @@ class Seats:
 
     async def take(self, course_id: int, resident_id: str, booking_id: str) -> Decision:
         """Take a seat (grab.lua); TAKEN leaves it pending until the booking is written."""
-        if not _possible(course_id):
-            return NO_COURSE
-        decision = await self.gate.grab(course_id, resident_id, booking_id)
-        if decision.outcome is Outcome.MISSING:
-            if await self.loader.load(course_id) is None:
-                return NO_COURSE
-            decision = await self.gate.grab(course_id, resident_id, booking_id)
-        return decision
+        return await self._asked(course_id, lambda: self.gate.grab(course_id, resident_id,
+                                                                   booking_id))
 
     async def wait(self, course_id: int, resident_id: str, waitlist_id: int) -> Decision:
         """Put a committed waitlist place in the gate's queue (wait.lua); waitlist id ASK_ONLY
         only asks whether the resident would wait now. Call it holding no pool connection: a
         course the gate lost is loaded here, and loading takes a connection of its own."""
+        return await self._asked(course_id, lambda: self.gate.wait(course_id, resident_id,
+                                                                   waitlist_id))
+
+    async def _asked(self, course_id: int, ask: Callable[[], Awaitable[Decision]]) -> Decision:
+        """The gate's decision; a course it does not know is loaded once and asked again."""
         if not _possible(course_id):
             return NO_COURSE
-        decision = await self.gate.wait(course_id, resident_id, waitlist_id)
+        decision = await ask()
         if decision.outcome is Outcome.MISSING:
             if await self.loader.load(course_id) is None:
                 return NO_COURSE
-            decision = await self.gate.wait(course_id, resident_id, waitlist_id)
+            decision = await ask()
         return decision
 
     async def seats_left(self, course_ids: Sequence[int]) -> list[int | None]:
