@@ -155,7 +155,10 @@ async def worker_killed(lab: FaultLab, rush: Rush, marks: Marks) -> None:
         orphans = await _orphans(lab, course_ids, kill_ms, marks)
     async with _connection(lab) as conn:
         marks.calm = await locks_drained(conn)
+    # The killed worker's seats stay taken until the reconciler gives them back (and hands them
+    # to the waitlists): the fault's effects last until then.
     await _wait_cleared(lab, course_ids, kill_ms, orphans, marks)
+    marks.calm = max(marks.calm, time.monotonic())
     marks.notes["client connections per worker now"] = lab.connections_per_worker()
 
 
