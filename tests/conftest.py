@@ -35,6 +35,10 @@ from booking.ops.rehearsal import address_of
 from booking.ops.service import Service, ServiceError
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
+# Clients drop an idle connection before uvicorn does (its timeout_keep_alive is 5 s): a request
+# sent on a connection the server is closing at that moment fails with a ReadError, and a POST
+# is not retried.
+KEEPALIVE_S = 2.0
 PAYMENT_SECRET = "test-payment-secret-long-enough-for-hmac"
 
 
@@ -125,7 +129,8 @@ def server(stores: Stores, db: asyncpg.Pool, redis: Redis, server_log: Path) -> 
 
 @pytest_asyncio.fixture(scope="session")
 async def http(server: str) -> AsyncIterator[httpx.AsyncClient]:
-    limits = httpx.Limits(max_connections=600, max_keepalive_connections=600)
+    limits = httpx.Limits(max_connections=600, max_keepalive_connections=600,
+                          keepalive_expiry=KEEPALIVE_S)
     async with httpx.AsyncClient(base_url=server, limits=limits, timeout=30) as client:
         yield client
 

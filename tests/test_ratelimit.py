@@ -18,6 +18,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from conftest import (
+    KEEPALIVE_S,
     Stores,
     active_rows,
     address_of,
@@ -45,7 +46,8 @@ def limited_server(stores: Stores, db: asyncpg.Pool, redis: Redis,
 
 @pytest_asyncio.fixture(scope="module")
 async def http(limited_server: str) -> AsyncIterator[httpx.AsyncClient]:
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100,
+                          keepalive_expiry=KEEPALIVE_S)
     async with httpx.AsyncClient(base_url=limited_server, limits=limits, timeout=30) as client:
         yield client
 

@@ -33,6 +33,7 @@ from booking.ops.rehearsal import address_of
 from loadtest.faults.lab import Plan
 
 REQUEST_TIMEOUT_S = 30.0  # a request still unanswered after this counts as a hang
+KEEPALIVE_S = 2.0  # idle client connections close before the service's keep-alive (5 s) does
 MAX_WAITING = 2  # waitlists one resident is on at a time
 GRAB_409 = frozenset({"sold_out", "not_open", "course_cancelled"})
 CANCEL_409 = frozenset({"cancel_deadline_passed"})
@@ -154,11 +155,15 @@ class Rush:
                 await task
 
     async def _run(self) -> None:
+        # Idle connections are dropped before uvicorn's 5 s keep-alive ends: a request sent
+        # on a connection the server is closing would fail without the service's fault.
         limits = httpx.Limits(max_connections=self.plan.connections,
-                              max_keepalive_connections=self.plan.connections)
+                              max_keepalive_connections=self.plan.connections,
+                              keepalive_expiry=KEEPALIVE_S)
         timeout = httpx.Timeout(REQUEST_TIMEOUT_S, pool=None)
         wave_limits = httpx.Limits(max_connections=max(1, len(self.stage.partner)
-                                                       * self.plan.swap_wave))
+                                                       * self.plan.swap_wave),
+                                   keepalive_expiry=KEEPALIVE_S)
         async with httpx.AsyncClient(base_url=self.base_url, limits=limits,
                                      timeout=timeout) as self._http, httpx.AsyncClient(
                 base_url=self.base_url, limits=wave_limits, timeout=timeout) as waves:
