@@ -24,7 +24,7 @@ from litestar.params import Parameter
 
 from booking.core.auth import Principal, check_owner, requires
 from booking.core.errors import ApiError, Conflict, NotFound, RateLimited, Unavailable, answer
-from booking.core.fields import MAX_ID
+from booking.core.fields import MAX_ID, storable_id
 from booking.core.observability import GRABS
 from booking.ledger.commit import BookingLedger, CommitFailed, NewBooking
 from booking.ledger.locks import lock_courses
@@ -283,7 +283,7 @@ class Bookings:
     async def roster(self, course_id: int, principal: Principal) -> list[BookingOut]:
         """The active bookings of a course, for its venue or an operator."""
         venue_id = await self.pool.fetchval(COURSE_VENUE, course_id) \
-            if course_id <= MAX_ID else None
+            if storable_id(course_id) else None
         if venue_id is None:
             raise NotFound.of("course")
         check_owner(principal, venue_id)

@@ -15,7 +15,7 @@ from litestar.params import Parameter
 
 from booking.core.auth import Principal, check_owner, requires
 from booking.core.errors import ApiError, Conflict, Forbidden, Invalid, NotFound, documented
-from booking.core.fields import MAX_ID, NO_NUL
+from booking.core.fields import MAX_ID, NO_NUL, storable_id
 from booking.core.readcache import ReadCache
 from booking.ledger.outbox import add_notification
 from booking.ledger.promotions import promote_waiting
@@ -157,7 +157,7 @@ class Courses:
     async def row(self, course_id: int) -> asyncpg.Record:
         """The course's row as Postgres has it (fresh), or NotFound."""
         row = await self.pool.fetchrow(SELECT_COURSE, course_id) \
-            if 1 <= course_id <= MAX_ID else None
+            if storable_id(course_id) else None
         if row is None:
             raise NotFound.of("course")
         return row
@@ -215,7 +215,7 @@ class Courses:
         it (every booking, hold and place with it, each resident told)."""
         changes = {name: getattr(data, name) for name in PATCHABLE
                    if getattr(data, name) is not msgspec.UNSET}
-        if not 1 <= course_id <= MAX_ID:
+        if not storable_id(course_id):
             raise NotFound.of("course")
         async with self.pool.acquire() as conn, conn.transaction():
             current = await conn.fetchrow(
@@ -229,9 +229,10 @@ class Courses:
                 await _apply(conn, course_id, changes)
         self.reads.clear()
         loaded = await self.seats.loader.load(course_id)
-        if loaded is not None and loaded.seats_left > 0:  # more seats: the waitlist first
-            await promote_waiting(self.pool, self.seats.gate, course_id)
-        return await self._reloaded(course_id)
+        if loaded is not None and loaded.seats_left > 0 and await promote_waiting(
+                self.pool, self.seats.gate, course_id):  # more seats: the waitlist first
+            loaded = await self.seats.loader.load(course_id)
+        return course_out(await self.row(course_id), loaded.seats_left if loaded else None)
 
     async def _reloaded(self, course_id: int) -> CourseOut:
         """The course as it is now, with the gate reloaded from Postgres after a change."""

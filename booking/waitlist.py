@@ -29,7 +29,7 @@ from litestar.params import Parameter
 
 from booking.core.auth import Principal, requires
 from booking.core.errors import NotFound, Unavailable
-from booking.core.fields import MAX_ID
+from booking.core.fields import storable_id
 from booking.seats import Outcome
 from booking.seats.seating import ALREADY_BOOKED, ASK_ONLY, COURSE_CANCELLED, Seats, refusal
 
@@ -69,6 +69,7 @@ SELECT 1 FROM bookings WHERE course_id = $1 AND resident_id = $2
   AND booking_active(status)
 """
 
+
 def entry_out(row: asyncpg.Record) -> WaitlistEntryOut:
     waiting = row["status"] == "waiting"
     return WaitlistEntryOut(row["course_id"], row["resident_id"], row["status"],
@@ -93,7 +94,7 @@ class Waitlist:
         return entry_out(mine)
 
     async def _mine(self, course_id: int, resident_id: str) -> asyncpg.Record | None:
-        if not 1 <= course_id <= MAX_ID:
+        if not storable_id(course_id):
             return None
         return await self.pool.fetchrow(MY_PLACE, course_id, resident_id)
 
@@ -101,11 +102,11 @@ class Waitlist:
         """Wait for a sold-out course: the place, and whether it is new (False: waiting
         already). 409 `seats_available` when a seat is free (grab it instead), or
         `already_booked`."""
+        if not storable_id(course_id):
+            raise NotFound.of("course")
         mine = await self._mine(course_id, resident_id)
         if mine is not None:
             return entry_out(mine), False
-        if not 1 <= course_id <= MAX_ID:
-            raise NotFound.of("course")
         if await self.pool.fetchval(HOLDS_A_SEAT, course_id, resident_id):
             raise ALREADY_BOOKED.again()
         await self._gate_takes(course_id, resident_id, ASK_ONLY)
@@ -150,7 +151,7 @@ class Waitlist:
 
     async def leave(self, course_id: int, resident_id: str) -> WaitlistEntryOut:
         left = await self.pool.fetchrow(LEAVE, course_id, resident_id) \
-            if 1 <= course_id <= MAX_ID else None
+            if storable_id(course_id) else None
         if left is None:
             raise NotFound.of("waitlist place of yours")
         await self.seats.gate.leave_waitlist(course_id, resident_id)

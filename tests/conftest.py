@@ -127,11 +127,16 @@ def server(stores: Stores, db: asyncpg.Pool, redis: Redis, server_log: Path) -> 
         yield base_url
 
 
+def client_of(base_url: str, connections: int) -> httpx.AsyncClient:
+    """An HTTP client for a service under test, keeping up to `connections` alive."""
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections,
+                          keepalive_expiry=KEEPALIVE_S)
+    return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30)
+
+
 @pytest_asyncio.fixture(scope="session")
 async def http(server: str) -> AsyncIterator[httpx.AsyncClient]:
-    limits = httpx.Limits(max_connections=600, max_keepalive_connections=600,
-                          keepalive_expiry=KEEPALIVE_S)
-    async with httpx.AsyncClient(base_url=server, limits=limits, timeout=30) as client:
+    async with client_of(server, 600) as client:
         yield client
 
 

@@ -18,10 +18,10 @@ import httpx
 import pytest
 import pytest_asyncio
 from conftest import (
-    KEEPALIVE_S,
     Stores,
     active_rows,
     address_of,
+    client_of,
     grab,
     make_course,
     resident,
@@ -46,9 +46,7 @@ def limited_server(stores: Stores, db: asyncpg.Pool, redis: Redis,
 
 @pytest_asyncio.fixture(scope="module")
 async def http(limited_server: str) -> AsyncIterator[httpx.AsyncClient]:
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100,
-                          keepalive_expiry=KEEPALIVE_S)
-    async with httpx.AsyncClient(base_url=limited_server, limits=limits, timeout=30) as client:
+    async with client_of(limited_server, 100) as client:
         yield client
 
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from booking.core.errors import ApiError, Conflict, NotFound
-from booking.core.fields import MAX_ID
+from booking.core.fields import storable_id
 from booking.seats.gate import Decision, Outcome, SeatGate
 from booking.seats.reconcile import CourseLoader
 
@@ -41,7 +41,7 @@ class Seats:
 
     async def _asked(self, course_id: int, ask: Callable[[], Awaitable[Decision]]) -> Decision:
         """The gate's decision; a course it does not know is loaded once and asked again."""
-        if not _possible(course_id):
+        if not storable_id(course_id):
             return NO_COURSE
         decision = await ask()
         if decision.outcome is Outcome.MISSING:
@@ -60,10 +60,6 @@ class Seats:
                 counts[i] = None if loaded is None else max(loaded.seats_left, 0)
         return counts
 
-
-def _possible(course_id: int) -> bool:
-    """A course id Postgres could hold (bigint, positive)."""
-    return 1 <= course_id <= MAX_ID
 
 
 def not_open(opens_at_ms: int) -> Conflict:
