@@ -20,12 +20,13 @@ from typing import Any
 
 import asyncpg
 from litestar import Litestar
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import Redis
 
-from booking import bookings, courses, payments, probes, venues, waitlist
+from booking import bookings, courses, payments, probes, signin, venues, waitlist
 from booking.bookings import Bookings
 from booking.core.auth import TokenVerifier, authentication
 from booking.core.errors import EXCEPTION_HANDLERS
@@ -43,12 +44,14 @@ from booking.seats import SeatGate
 from booking.seats.ratelimit import Limit, RateLimiter
 from booking.seats.reconcile import CourseLoader
 from booking.seats.seating import Seats
+from booking.signin import SignIn
 from booking.waitlist import Waitlist
+from booking.web.site import site
 
 MAX_BODY_BYTES = 64 * 1024
 # What handlers may ask for by name, each kept on app.state by the lifespan.
 PROVIDED = ("settings", "pool", "redis", "seats", "reads", "bookings", "courses", "waitlist",
-            "payments")
+            "payments", "signin")
 
 
 @contextlib.asynccontextmanager
@@ -85,7 +88,8 @@ def _lifespan(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None
             app.state.update(settings=settings, pool=db, redis=cache, seats=seats, reads=reads,
                              bookings=Bookings(seats, ledger, limiter, db),
                              courses=Courses(db, seats, reads), waitlist=Waitlist(seats, db),
-                             payments=Payments(db, settings.payment_secret))
+                             payments=Payments(db, settings.payment_secret),
+                             signin=SignIn(db, settings))
             tasks = [asyncio.create_task(sweep_forever(db, gate, settings.pending_timeout_s,
                                                        settings.reconcile_interval_s)),
                      asyncio.create_task(dispatch_forever(db, settings.webhook_url))
@@ -136,15 +140,20 @@ def create_app(settings: Settings | None = None, *, pool: asyncpg.Pool | None = 
         components=Components(security_schemes={
             "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}),
     )
+    verifier = TokenVerifier(settings.secret)
+    pages = site(settings)
     app = Litestar(
         route_handlers=[*probes.HANDLERS, *venues.HANDLERS, *courses.HANDLERS,
-                        *bookings.HANDLERS, *waitlist.HANDLERS, *payments.HANDLERS],
+                        *bookings.HANDLERS, *waitlist.HANDLERS, *payments.HANDLERS,
+                        *signin.HANDLERS, pages.router],
+        template_config=pages.templates,
+        state=State({"verifier": verifier}),
         dependencies={name: _from_state(lambda: app, name) for name in PROVIDED},
         lifespan=[_lifespan(settings, pool, redis, background)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=openapi,
         request_max_body_size=MAX_BODY_BYTES,
-        middleware=[observe, authentication(TokenVerifier(settings.secret))],
+        middleware=[observe, authentication(verifier)],
         logging_config=None,  # configure_logging's JSON lines, not Litestar's own handlers
     )
     _document_strict_bodies(app)

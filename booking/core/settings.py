@@ -29,6 +29,9 @@ class Settings:
     rate_per_address: tuple[int, float] = (3000, 10.0)
     payment_secret: str = ""  # signs payment callbacks (HMAC-SHA256)
     webhook_url: str | None = None  # where outbox notifications go; None: logged
+    login_codes: str = "outbox"  # how sign-in codes leave: "outbox" (an SMS gateway) or "log"
+    demo: bool = False  # a demo term: pages offer a simulated payment
+    sse_max_streams: int = 5000  # live-seat streams per process; past it, 503 and polling
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -58,6 +61,9 @@ class Settings:
             rate_per_address=_rate(env, "BOOKING_RATE_ADDRESS", (3000, 10.0)),
             payment_secret=payment_secret,
             webhook_url=_url(env, "BOOKING_WEBHOOK_URL", ("http://", "https://")),
+            login_codes=_choice(env, "BOOKING_LOGIN_CODES", ("outbox", "log")),
+            demo=_choice(env, "BOOKING_DEMO", ("0", "1")) == "1",
+            sse_max_streams=_int(env, "BOOKING_SSE_MAX_STREAMS", 5000, 1, 1_000_000),
         )
 
     def with_urls(self, database_url: str, redis_url: str) -> Settings:
@@ -84,6 +90,16 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     if not low <= value <= high:
         raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {raw!r}.")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices`; the first when unset."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return choices[0]
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}.")
+    return raw
 
 
 def _rate(env: Mapping[str, str], name: str, default: tuple[int, float]) -> tuple[int, float]:

@@ -47,6 +47,9 @@ def _settings(args: argparse.Namespace) -> Settings:
     Settings.from_env()  # a bad environment is reported before the flags are applied
     overrides = {"BOOKING_HOST": args.host, "BOOKING_PORT": args.port,
                  "BOOKING_WORKERS": args.workers}
+    if args.demo:  # a demo shows sign-in codes in its log and offers a simulated payment
+        os.environ["BOOKING_DEMO"] = "1"
+        os.environ.setdefault("BOOKING_LOGIN_CODES", "log")
     return Settings.from_env({**os.environ, **{k: str(v) for k, v in overrides.items()
                                                 if v is not None}})
 

@@ -1,0 +1,1 @@
+// (to be written) enhances the pages; everything works without it.
