@@ -123,7 +123,8 @@ def running_service(stores: Stores, log: Path, **extra: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def server(stores: Stores, db: asyncpg.Pool, redis: Redis, server_log: Path) -> Iterator[str]:
-    with running_service(stores, server_log, BOOKING_WORKERS="2") as base_url:
+    with running_service(stores, server_log, BOOKING_WORKERS="2", BOOKING_LOGIN_CODES="log",
+                         BOOKING_DEMO="1") as base_url:
         yield base_url
 
 
