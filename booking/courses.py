@@ -1,7 +1,13 @@
-"""Courses: published by venues, listed publicly with live seat counts from the gate."""
+"""Courses: published by venues, listed publicly with live seat counts from the gate.
+
+The list finds courses near a place (the visitor's own location, or a teaching point they
+picked) in plain SQL: a bounding box that the btree index `venues_by_place (lat, lon)` narrows,
+then the haversine distance of what is left. All coordinates are WGS-84.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -33,6 +39,9 @@ Moment = Annotated[datetime, msgspec.Meta(tz=True)]
 Capacity = Annotated[int, msgspec.Meta(ge=1, le=MAX_CAPACITY)]
 Price = Annotated[int, msgspec.Meta(ge=0, le=MAX_PRICE_CENTS)]
 HoldMinutes = Annotated[int, msgspec.Meta(ge=1, le=1440)]
+DEFAULT_KM = 5.0  # the radius of "near me" unless the visitor says otherwise
+MIN_KM, MAX_KM = 0.1, 50.0
+EARTH_RADIUS_M = 6_371_008.8  # the mean radius (IUGG); haversine is within 0.5 % of WGS-84
 
 
 class CourseIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -79,9 +88,12 @@ class CourseOut(msgspec.Struct):
     sales_open_at: datetime
     status: str
     district: str
+    venue_name: str
+    address: str
     seats_left: int
     hold_minutes: int
     cancel_deadline: datetime | None
+    distance_m: int | None = None  # metres from the place asked about; None without one
 
 
 class CoursePage(msgspec.Struct):
@@ -90,8 +102,8 @@ class CoursePage(msgspec.Struct):
 
 
 COLUMNS = """c.id, c.venue_id, c.title, c.category, c.teacher, c.description, c.starts_at,
-c.ends_at, c.capacity, c.price_cents, c.sales_open_at, c.status, v.district, c.hold_minutes,
-c.cancel_deadline"""
+c.ends_at, c.capacity, c.price_cents, c.sales_open_at, c.status, v.district,
+v.name AS venue_name, v.address, c.hold_minutes, c.cancel_deadline"""
 SELECT_COURSE = f"""
 SELECT {COLUMNS} FROM courses c JOIN venues v ON v.id = c.venue_id WHERE c.id = $1
 """
@@ -110,7 +122,18 @@ WHERE course_id = $1 AND status = 'waiting' RETURNING resident_id
 """
 PATCHABLE = ("title", "category", "teacher", "description", "starts_at", "ends_at", "capacity",
              "price_cents", "sales_open_at", "status", "hold_minutes", "cancel_deadline")
-LIST_FILTERS = {"venue_id", "district", "category", "available", "limit", "offset"}
+LIST_FILTERS = {"venue_id", "district", "category", "available", "weekday", "lat", "lon",
+                "point", "km", "limit", "offset"}
+VENUE_PLACE = "SELECT lat, lon FROM venues WHERE id = $1"
+CATEGORIES = """
+SELECT DISTINCT category FROM courses WHERE status = 'published' ORDER BY category LIMIT 500
+"""
+# ISO weekday (1 Monday .. 7 Sunday) of a course's start in Beijing time (UTC+8, no DST).
+BEIJING_WEEKDAY = "extract(isodow FROM (c.starts_at AT TIME ZONE 'UTC') + interval '8 hours')::int"
+# Metres from the place ($lat, $lon) to the course's venue; least() keeps rounding inside asin.
+HAVERSINE_M = """{radius} * 2 * asin(least(1, sqrt(
+    power(sin(radians(v.lat - {lat}) / 2), 2)
+    + cos(radians({lat})) * cos(radians(v.lat)) * power(sin(radians(v.lon - {lon}) / 2), 2))))"""
 
 # Constraint violations that are the caller's doing, as the answer they get.
 CONSTRAINT_ERRORS: dict[str, ApiError] = {
@@ -131,19 +154,70 @@ def constraint_error(exc: asyncpg.IntegrityConstraintViolationError) -> ApiError
 
 def course_out(row: asyncpg.Record, seats_left: int | None) -> CourseOut:
     left = 0 if row["status"] != "published" or seats_left is None else seats_left
-    return CourseOut(**dict(row), seats_left=left)
+    fields = dict(row)
+    metres = fields.pop("distance_m", None)
+    return CourseOut(**fields, seats_left=left,
+                     distance_m=None if metres is None else round(metres))
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """A point on the map in WGS-84 degrees (what GPS and browsers report)."""
+
+    lat: float
+    lon: float
+
+
+def place_of(lat: float | None, lon: float | None) -> Place | None:
+    """The place given by a latitude and a longitude, both or neither."""
+    if lat is None and lon is None:
+        return None
+    if lat is None or lon is None:
+        raise Invalid("Give lat and lon together.", code="location_incomplete")
+    return Place(lat, lon)
+
+
+def bounding_box(place: Place, km: float) -> tuple[float, float, float, float]:
+    """(lat_min, lat_max, lon_min, lon_max) holding every point within `km` of `place`. Near a
+    pole or across the 180th meridian it spans every longitude (correct, merely less narrow)."""
+    angle = km * 1000 / EARTH_RADIUS_M
+    lat_min, lat_max = place.lat - math.degrees(angle), place.lat + math.degrees(angle)
+    if lat_min <= -90 or lat_max >= 90:
+        return max(lat_min, -90), min(lat_max, 90), -180, 180
+    spread = math.degrees(math.asin(min(1.0, math.sin(angle) / math.cos(math.radians(place.lat)))))
+    lon_min, lon_max = place.lon - spread, place.lon + spread
+    if lon_min < -180 or lon_max > 180:
+        return lat_min, lat_max, -180, 180
+    return lat_min, lat_max, lon_min, lon_max
 
 
 @dataclass(frozen=True, slots=True)
 class CourseQuery:
-    """The filters of a course list."""
+    """The filters of a course list. `near` (a place) or `point` (a venue id, meaning its
+    place) keeps the courses within `km` of it, nearest first; at most one of the two."""
 
     venue_id: int | None = None
     district: str | None = None
     category: str | None = None
     available: bool | None = None
+    weekday: int | None = None  # ISO weekday of starts_at in Beijing time
+    near: Place | None = None
+    point: int | None = None
+    km: float = DEFAULT_KM
     limit: int = 50
     offset: int = 0
+
+
+class _Sql:
+    """A WHERE clause and its arguments, numbered as they are added."""
+
+    def __init__(self) -> None:
+        self.where: list[str] = ["TRUE"]
+        self.args: list[object] = []
+
+    def arg(self, value: object) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
 
 
 class Courses:
@@ -168,23 +242,29 @@ class Courses:
         (count,) = await self.seats.seats_left([course_id])
         return course_out(row, count)
 
+    async def place_of_point(self, venue_id: int) -> Place:
+        """Where a teaching point is; a 400 `unknown_point` when there is no such venue."""
+        row = await self.reads.get(("venue-place", venue_id), lambda: self.pool.fetchrow(
+            VENUE_PLACE, venue_id)) if storable_id(venue_id) else None
+        if row is None:
+            raise Invalid("No teaching point (venue) with that id.", code="unknown_point")
+        return Place(row["lat"], row["lon"])
+
+    async def categories(self) -> list[str]:
+        """The categories of published courses, for a filter's choices."""
+        rows = await self.reads.get("categories", lambda: self.pool.fetch(CATEGORIES))
+        return [row["category"] for row in rows]
+
     async def page(self, query: CourseQuery) -> CoursePage:
-        """Courses with live seats_left, soonest first."""
-        where, args = ["TRUE"], []
-        for column, value in (("c.venue_id", query.venue_id), ("v.district", query.district),
-                              ("c.category", query.category)):
-            if value is not None:
-                args.append(value)
-                where.append(f"{column} = ${len(args)}")
-        if query.available:
-            where.append("c.status = 'published' AND c.active_bookings < c.capacity")
-        elif query.available is False:
-            where.append("NOT (c.status = 'published' AND c.active_bookings < c.capacity)")
-        args += [query.limit + 1, query.offset]
-        sql = (f"SELECT {COLUMNS} FROM courses c JOIN venues v ON v.id = c.venue_id "
-               f"WHERE {' AND '.join(where)} ORDER BY c.starts_at, c.id "
-               f"LIMIT ${len(args) - 1} OFFSET ${len(args)}")
-        rows = await self.reads.get((sql, *args), lambda: self.pool.fetch(sql, *args))
+        """Courses with live seats_left: nearest first within `km` of a place given, else
+        soonest first."""
+        if query.near is not None and query.point is not None:
+            raise Invalid("Give either lat and lon or point, not both.", code="location_twice")
+        near = query.near
+        if query.point is not None:
+            near = await self.place_of_point(query.point)
+        text, args = list_sql(query, near)
+        rows = await self.reads.get((text, *args), lambda: self.pool.fetch(text, *args))
         more = len(rows) > query.limit
         rows = rows[:query.limit]
         counts = await self.seats.seats_left([row["id"] for row in rows])
@@ -240,6 +320,42 @@ class Courses:
         return course_out(await self.row(course_id), loaded.seats_left if loaded else None)
 
 
+def list_sql(query: CourseQuery, near: Place | None) -> tuple[str, list[object]]:
+    """The course list's SQL and its arguments; `near` is the query's place, if any (a
+    point already looked up)."""
+    sql = _Sql()
+    for column, value in (("c.venue_id", query.venue_id), ("v.district", query.district),
+                          ("c.category", query.category)):
+        if value is not None:
+            sql.where.append(f"{column} = {sql.arg(value)}")
+    if query.weekday is not None:
+        sql.where.append(f"{BEIJING_WEEKDAY} = {sql.arg(query.weekday)}")
+    if query.available:
+        sql.where.append("c.status = 'published' AND c.active_bookings < c.capacity")
+    elif query.available is False:
+        sql.where.append("NOT (c.status = 'published' AND c.active_bookings < c.capacity)")
+    distance, order = "NULL::float8", "c.starts_at, c.id"
+    if near is not None:
+        distance, order = _near(sql, near, query.km), "distance_m, c.starts_at, c.id"
+    text = (f"SELECT {COLUMNS}, {distance} AS distance_m "
+            f"FROM courses c JOIN venues v ON v.id = c.venue_id "
+            f"WHERE {' AND '.join(sql.where)} ORDER BY {order} "
+            f"LIMIT {sql.arg(query.limit + 1)} OFFSET {sql.arg(query.offset)}")
+    return text, sql.args
+
+
+def _near(sql: _Sql, place: Place, km: float) -> str:
+    """Keep the venues within `km` of `place` (the box first, for the index); the distance
+    expression in metres."""
+    lat_min, lat_max, lon_min, lon_max = bounding_box(place, km)
+    sql.where.append(f"v.lat BETWEEN {sql.arg(lat_min)} AND {sql.arg(lat_max)}")
+    sql.where.append(f"v.lon BETWEEN {sql.arg(lon_min)} AND {sql.arg(lon_max)}")
+    distance = HAVERSINE_M.format(radius=EARTH_RADIUS_M, lat=sql.arg(place.lat),
+                                  lon=sql.arg(place.lon))
+    sql.where.append(f"{distance} <= {sql.arg(km * 1000)}")
+    return distance
+
+
 async def _apply(conn: asyncpg.Connection, course_id: int, changes: dict[str, object]) -> None:
     sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=2))
     try:
@@ -284,15 +400,35 @@ async def list_courses(
     district: Annotated[str | None, Parameter(max_length=100, pattern=NO_NUL)] = None,
     category: Annotated[str | None, Parameter(max_length=60, pattern=NO_NUL)] = None,
     available: bool | None = None,
+    weekday: Annotated[int | None, Parameter(
+        ge=1, le=7, description="Day of the week the course starts, in Beijing time (UTC+8): "
+        "1 Monday .. 7 Sunday.")] = None,
+    lat: Annotated[float | None, Parameter(
+        ge=-90, le=90, description="Near this latitude (WGS-84 degrees, as GPS and browsers "
+        "give it); with lon.")] = None,
+    lon: Annotated[float | None, Parameter(
+        ge=-180, le=180, description="Near this longitude (WGS-84 degrees); with lat.")] = None,
+    point: Annotated[int | None, Parameter(
+        ge=1, le=MAX_ID, description="Near this teaching point (a venue id): its place instead "
+        "of lat and lon.")] = None,
+    km: Annotated[float, Parameter(
+        ge=MIN_KM, le=MAX_KM, description="Radius around lat/lon or point, in kilometres.")
+    ] = DEFAULT_KM,
     limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
     offset: Annotated[int, Parameter(ge=0, le=1_000_000)] = 0,
 ) -> CoursePage:
-    """Courses with live seats_left, soonest first; `available=true` keeps those with seats."""
+    """Courses with live seats_left, soonest first; `available=true` keeps those with seats.
+
+    With a place (`lat` + `lon`, or `point`): only the courses within `km` of it, nearest
+    first, each with `distance_m`. A 400 says `location_incomplete` (lat without lon, or the
+    other way round), `location_twice` (both a place and a point) or `unknown_point`."""
     unknown = set(request.query_params) - LIST_FILTERS
     if unknown:
         raise Invalid(f"Unknown query parameter: {', '.join(sorted(unknown))}.")
-    return await courses.page(CourseQuery(venue_id, district, category, available, limit,
-                                          offset))
+    return await courses.page(CourseQuery(
+        venue_id=venue_id, district=district, category=category, available=available,
+        weekday=weekday, near=place_of(lat, lon), point=point, km=km, limit=limit,
+        offset=offset))
 
 
 @get("/v1/courses/{course_id:int}", operation_id="getCourse", tags=["courses"],
