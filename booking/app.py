@@ -39,6 +39,7 @@ from booking.courses import Courses
 from booking.ledger.commit import DEFAULT_DEADLINE_S, BookingLedger
 from booking.ledger.outbox import dispatch_forever
 from booking.lifecycle.sweeper import sweep_forever
+from booking.live import LiveSeats
 from booking.payments import Payments
 from booking.seats import SeatGate
 from booking.seats.ratelimit import Limit, RateLimiter
@@ -51,7 +52,7 @@ from booking.web.site import site
 MAX_BODY_BYTES = 64 * 1024
 # What handlers may ask for by name, each kept on app.state by the lifespan.
 PROVIDED = ("settings", "pool", "redis", "seats", "reads", "bookings", "courses", "waitlist",
-            "payments", "signin")
+            "payments", "signin", "venues", "live")
 
 
 @contextlib.asynccontextmanager
@@ -74,7 +75,7 @@ async def _opened(settings: Settings, pool: asyncpg.Pool | None,
 
 
 def _lifespan(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None,
-              background: bool) -> Any:
+              background: bool, live: LiveSeats) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with _opened(settings, pool, redis) as (db, cache):
@@ -89,7 +90,9 @@ def _lifespan(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None
                              bookings=Bookings(seats, ledger, limiter, db),
                              courses=Courses(db, seats, reads), waitlist=Waitlist(seats, db),
                              payments=Payments(db, settings.payment_secret),
-                             signin=SignIn(db, settings))
+                             signin=SignIn(db, settings), venues=venues.Venues(db, reads))
+            live.start(seats)  # its ChannelsPlugin is one of the app's plugins
+            app.state.live = live
             tasks = [asyncio.create_task(sweep_forever(db, gate, settings.pending_timeout_s,
                                                        settings.reconcile_interval_s)),
                      asyncio.create_task(dispatch_forever(db, settings.webhook_url))
@@ -97,6 +100,7 @@ def _lifespan(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None
             try:
                 yield
             finally:
+                await live.stop()
                 for task in tasks:  # each gives its connection back before the pool goes
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -121,7 +125,7 @@ def _document_strict_bodies(app: Litestar) -> None:
     """Request bodies refuse unknown fields (msgspec's forbid_unknown_fields); Litestar does not
     say so in the OpenAPI schema, so mark them `additionalProperties: false` here."""
     strict = {body.__name__ for body in (venues.VenueIn, courses.CourseIn, courses.CoursePatch,
-                                         bookings.SwapIn)}
+                                         bookings.SwapIn, signin.LoginCodeIn, signin.TokenIn)}
     for name, schema in (app.openapi_schema.components.schemas or {}).items():
         if name in strict:
             schema.additional_properties = False
@@ -142,6 +146,7 @@ def create_app(settings: Settings | None = None, *, pool: asyncpg.Pool | None = 
     )
     verifier = TokenVerifier(settings.secret)
     pages = site(settings)
+    live = LiveSeats.for_app(settings, redis)
     app = Litestar(
         route_handlers=[*probes.HANDLERS, *venues.HANDLERS, *courses.HANDLERS,
                         *bookings.HANDLERS, *waitlist.HANDLERS, *payments.HANDLERS,
@@ -149,7 +154,8 @@ def create_app(settings: Settings | None = None, *, pool: asyncpg.Pool | None = 
         template_config=pages.templates,
         state=State({"verifier": verifier}),
         dependencies={name: _from_state(lambda: app, name) for name in PROVIDED},
-        lifespan=[_lifespan(settings, pool, redis, background)],
+        lifespan=[_lifespan(settings, pool, redis, background, live)],
+        plugins=[live.plugin],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=openapi,
         request_max_body_size=MAX_BODY_BYTES,

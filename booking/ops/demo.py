@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 
 DISTRICTS = ["东城 Dongcheng", "西城 Xicheng", "朝阳 Chaoyang", "海淀 Haidian",
              "丰台 Fengtai", "石景山 Shijingshan"]
+# Each district's centre in WGS-84 (as a phone's GPS reports it); teaching points lie near it.
+CENTRES = {"东城 Dongcheng": (39.9288, 116.4160), "西城 Xicheng": (39.9123, 116.3660),
+           "朝阳 Chaoyang": (39.9215, 116.4434), "海淀 Haidian": (39.9593, 116.2981),
+           "丰台 Fengtai": (39.8585, 116.2870), "石景山 Shijingshan": (39.9056, 116.2229)}
+SPREAD_DEG = 0.015  # about 1.5 km around the centre
 CLASSES = [
     ("书法入门 Calligraphy for beginners", "calligraphy"),
     ("AI 入门 AI for beginners", "technology"),
@@ -64,8 +69,9 @@ async def load_demo(conn: asyncpg.Connection, opens_in_s: float = 60,
                 "INSERT INTO venues (name, district, address, lat, lon) "
                 "VALUES ($1, $2, $3, $4, $5) RETURNING id",
                 f"教学点 {i + 1} Teaching point {i + 1}", district,
-                f"{district.split()[1]} Road {10 + i}", 39.9 + rng.uniform(-0.1, 0.1),
-                116.4 + rng.uniform(-0.1, 0.1)))
+                f"{district.split()[1]} Road {10 + i}",
+                CENTRES[district][0] + rng.uniform(-SPREAD_DEG, SPREAD_DEG),
+                CENTRES[district][1] + rng.uniform(-SPREAD_DEG, SPREAD_DEG)))
         course_ids = []
         for i in range(courses):
             title, category = CLASSES[i % len(CLASSES)]
@@ -145,7 +151,8 @@ def start_crowd(settings: Settings, term: DemoTerm, residents: int) -> None:
 
 
 def print_demo(settings: Settings, term: DemoTerm) -> None:
-    """The start-up text of a demo: a resident token and the curl lines to grab a seat."""
+    """The start-up text of a demo: a resident token and the curl lines to grab a seat, the
+    pages' address and a phone to sign in with."""
     from booking.core.auth import mint
 
     base = f"http://{settings.host}:{settings.port}"
@@ -153,6 +160,12 @@ def print_demo(settings: Settings, term: DemoTerm) -> None:
     hot = term.hot_course_ids[0] if term.hot_course_ids else 1
     paid = term.paid_course_id or hot
     state = "loaded" if term.loaded else "already present, kept as it was"
+    phone = "13800000001"  # any mainland mobile number works; this one is easy to type
+    sign_in = (f"Demo phone {phone}: its six-digit code appears in this log, on a line holding "
+               f"`login_code phone_last4={phone[-4:]} code=...`."
+               if settings.login_codes == "log" else
+               f"Demo phone {phone}: its code leaves through the outbox (kind login_code) to "
+               "BOOKING_WEBHOOK_URL; BOOKING_LOGIN_CODES=log shows codes in this log instead.")
     print(f"""
 Demo term {state}. Sales open at {term.opens_at:%H:%M:%S} UTC (hot courses: {term.hot_course_ids}).
   export TOKEN={resident}
@@ -166,4 +179,10 @@ A paid course (course {paid}) holds your seat for 10 minutes; play the payment p
   curl -s -X POST {base}/v1/courses/{paid}/bookings -H "Authorization: Bearer $TOKEN"
   booking pay --url {base} <booking id from that answer>
 More tokens: booking token resident <id> | booking token venue <venue id> | booking token operator
+
+Pages for residents: {base}/  (sign in at {base}/login)
+  {sign_in}
+  By API: curl -s -X POST {base}/v1/auth/codes -d '{{"phone": "{phone}"}}'
+          curl -s -X POST {base}/v1/auth/tokens -d '{{"phone": "{phone}", "code": "<code>"}}'
 """, flush=True)
+
