@@ -64,6 +64,13 @@ SELECT id FROM waitlist WHERE course_id = $1 AND resident_id = $2 AND status = '
 END_PLACE = """
 UPDATE waitlist SET status = 'cleared', updated_at = now() WHERE id = $1 AND status = 'waiting'
 """
+MY_PLACES = """
+SELECT w.id, w.course_id, w.resident_id, w.status, w.joined_at,
+       (SELECT count(*) FROM waitlist ahead WHERE ahead.course_id = w.course_id
+          AND ahead.status = 'waiting' AND ahead.id <= w.id) AS position
+FROM waitlist w WHERE w.resident_id = $1 AND w.status = 'waiting'
+ORDER BY w.joined_at DESC LIMIT 200
+"""
 HOLDS_A_SEAT = """
 SELECT 1 FROM bookings WHERE course_id = $1 AND resident_id = $2
   AND booking_active(status)
@@ -92,6 +99,10 @@ class Waitlist:
         if mine is None:
             raise NotFound.of("waitlist place of yours")
         return entry_out(mine)
+
+    async def of_resident(self, resident_id: str) -> list[WaitlistEntryOut]:
+        """Every course the resident waits for, with the current position, newest first."""
+        return [entry_out(row) for row in await self.pool.fetch(MY_PLACES, resident_id)]
 
     async def _mine(self, course_id: int, resident_id: str) -> asyncpg.Record | None:
         if not storable_id(course_id):
@@ -183,6 +194,13 @@ async def my_waitlist_place(request: Caller, course_id: CourseId,
     return await waitlist.place(course_id, request.user.sub)
 
 
+@get("/v1/me/waitlist", operation_id="myWaitlist", tags=["waitlist"], **requires("resident"))
+async def my_waitlist(request: Caller,
+                      waitlist: NamedDependency[Waitlist]) -> list[WaitlistEntryOut]:
+    """Every course you wait for, with your current position (1 = next), newest first."""
+    return await waitlist.of_resident(request.user.sub)
+
+
 @delete("/v1/courses/{course_id:int}/waitlist/me", operation_id="leaveWaitlist",
         tags=["waitlist"], status_code=200, **requires("resident", errors=(404,)))
 async def leave_waitlist(request: Caller, course_id: CourseId,
@@ -191,4 +209,4 @@ async def leave_waitlist(request: Caller, course_id: CourseId,
     return await waitlist.leave(course_id, request.user.sub)
 
 
-HANDLERS: list[Any] = [join_waitlist, my_waitlist_place, leave_waitlist]
+HANDLERS: list[Any] = [join_waitlist, my_waitlist_place, my_waitlist, leave_waitlist]
