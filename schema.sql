@@ -161,6 +161,8 @@ CREATE TABLE IF NOT EXISTS waitlist (
 CREATE UNIQUE INDEX IF NOT EXISTS waitlist_one_place_per_resident
     ON waitlist (course_id, resident_id) WHERE status = 'waiting';
 CREATE INDEX IF NOT EXISTS waitlist_queue ON waitlist (course_id, id) WHERE status = 'waiting';
+-- A resident's places ("my bookings").
+CREATE INDEX IF NOT EXISTS waitlist_by_resident ON waitlist (resident_id) WHERE status = 'waiting';
 
 -- Payment callbacks, one row per provider reference: the same callback twice finds its row and
 -- gets its answer again (refund_due once the booking it paid has ended). `outcome`: confirmed, refund_due (paid too late or twice, or the paid

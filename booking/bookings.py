@@ -22,10 +22,12 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
+from booking.checkin import checkin_code, checkin_token
 from booking.core.auth import Principal, check_owner, requires
 from booking.core.errors import ApiError, Conflict, NotFound, RateLimited, Unavailable, answer
 from booking.core.fields import MAX_ID, storable_id
 from booking.core.observability import GRABS
+from booking.core.settings import Settings
 from booking.ledger.commit import BookingLedger, CommitFailed, NewBooking
 from booking.ledger.locks import lock_courses
 from booking.ledger.promotions import free_seat
@@ -55,6 +57,12 @@ class BookingOut(msgspec.Struct):
     status: str  # confirmed, held (a paid course until its payment arrives), cancelled, expired
     created_at: datetime
     expires_at: datetime | None = None  # when a hold lapses unless paid
+
+
+class CheckinOut(msgspec.Struct):
+    booking_id: str
+    token: str  # what the booking's QR code holds; a venue's desk checks it
+    code: str  # 8 characters to type when a camera fails
 
 
 class SwapIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -274,6 +282,14 @@ class Bookings:
         except Exception as exc:  # the reconciler gives it back after the pending timeout
             log.warning("could not give back seat of %s: %s", booking_id, exc)
 
+    async def checkin(self, booking_id: uuid.UUID, resident_id: str, secret: str) -> CheckinOut:
+        """The check-in token and code of the resident's active booking (its QR on the page)."""
+        row = await self._own_booking(booking_id, resident_id)
+        if not is_active(row["status"]):
+            raise NOT_ACTIVE.again()
+        return CheckinOut(row["id"], checkin_token(secret, row["id"]),
+                          checkin_code(secret, row["id"]))
+
     # --- lists --------------------------------------------------------------------------------
 
     async def of_resident(self, resident_id: str) -> list[BookingOut]:
@@ -350,6 +366,16 @@ async def my_bookings(request: Caller, bookings: NamedDependency[Bookings]) -> l
     return await bookings.of_resident(request.user.sub)
 
 
+@get("/v1/bookings/{booking_id:uuid}/checkin", operation_id="bookingCheckin",
+     tags=["bookings"], **requires("resident", errors=(404, 409)))
+async def booking_checkin(request: Caller, booking_id: uuid.UUID,
+                          bookings: NamedDependency[Bookings],
+                          settings: NamedDependency[Settings]) -> CheckinOut:
+    """The check-in token (what the QR code on your bookings page holds) and the 8-character
+    code of your active booking."""
+    return await bookings.checkin(booking_id, request.user.sub, settings.secret)
+
+
 @get("/v1/courses/{course_id:int}/bookings", operation_id="courseRoster", tags=["bookings"],
      **requires("venue", "operator", errors=(404,)))
 async def course_roster(request: Caller, course_id: CourseId,
@@ -358,4 +384,5 @@ async def course_roster(request: Caller, course_id: CourseId,
     return await bookings.roster(course_id, request.user)
 
 
-HANDLERS: list[Any] = [grab_seat, cancel_booking, swap_booking, my_bookings, course_roster]
+HANDLERS: list[Any] = [grab_seat, cancel_booking, swap_booking, my_bookings, booking_checkin,
+                       course_roster]

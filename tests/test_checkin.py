@@ -176,3 +176,25 @@ async def test_the_qr_on_my_bookings_decodes_to_that_bookings_token(server, http
     (svg,) = re.findall(r'<svg[^>]*class="qr".*?</svg>', card.group(0), re.S)
     assert decoded(svg) == [checkin_token(SECRET, booking_id)]
     assert booking_of_token(SECRET, decoded(svg)[0]) == booking_id
+
+
+async def test_the_api_gives_the_same_token_and_code_as_the_page_shows(http):
+    """GET /v1/bookings/{id}/checkin is the page's QR in JSON: only for its own resident, and
+    only while the booking is active."""
+    course_id = (await make_course(http, capacity=2))["id"]
+    who = unique("checkin-api")
+    booking_id = (await grab(http, course_id, who)).json()["id"]
+    headers = {"Authorization": f"Bearer {mint(SECRET, 'resident', who)}"}
+
+    answer = await http.get(f"/v1/bookings/{booking_id}/checkin", headers=headers)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert booking_of_token(SECRET, body["token"]) == booking_id
+    assert body["code"] == checkin_code(SECRET, booking_id)
+
+    stranger = {"Authorization": f"Bearer {mint(SECRET, 'resident', unique('stranger'))}"}
+    assert (await http.get(f"/v1/bookings/{booking_id}/checkin", headers=stranger)
+            ).status_code == 404
+    assert (await http.delete(f"/v1/bookings/{booking_id}", headers=headers)).status_code == 200
+    gone = await http.get(f"/v1/bookings/{booking_id}/checkin", headers=headers)
+    assert (gone.status_code, gone.json()["code"]) == (409, "not_active")
