@@ -78,7 +78,9 @@ class Words:
         return translations(self.lang).gettext(message)
 
     def ngettext(self, singular: str, plural: str, n: int) -> str:
-        return translations(self.lang).ngettext(singular, plural, n)
+        """The catalog keeps each form as a string of its own (booking/web/catalog.py), so
+        the form is picked here: Chinese has one, English two."""
+        return self.gettext(singular if n == 1 else plural)
 
     def date(self, moment: datetime) -> str:
         """`12月5日 星期六` / `Sat, Dec 5`, in Beijing time."""
