@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
               f"OpenAPI at /schema. Ctrl-C stops.", flush=True)
         uvicorn.run("booking.app:create_app", factory=True, host=ready.host, port=ready.port,
                     workers=ready.workers, access_log=False, log_level="warning", log_config=None,
-                    loop="uvloop", http="httptools", backlog=4096)
+                    loop="uvloop", http="httptools", backlog=4096,
+                    timeout_graceful_shutdown=5)  # live-seat streams never end by themselves
     return 0
 
 

@@ -44,7 +44,7 @@ def compression() -> CompressionConfig:
     """gzip for pages and static files; live streams are excluded (a compressor would hold
     their events back)."""
     return CompressionConfig(backend="gzip", minimum_size=256, gzip_compress_level=6,
-                             exclude=[r"/courses/\d+/live"])
+                             exclude=[r"/courses/\d+/live", r"^/live$"])
 
 
 def page_handlers() -> list[Any]:
