@@ -1,0 +1,1 @@
+"""Browser tests: every page in Debian's chromium, on a phone, in Chinese and English."""
