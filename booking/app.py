@@ -42,6 +42,7 @@ from booking.lifecycle.sweeper import sweep_forever
 from booking.live import LiveSeats
 from booking.payments import Payments
 from booking.seats import SeatGate
+from booking.seats.memory import GateMemory
 from booking.seats.ratelimit import Limit, RateLimiter
 from booking.seats.reconcile import CourseLoader
 from booking.seats.seating import Seats
@@ -80,7 +81,9 @@ def _lifespan(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with _opened(settings, pool, redis) as (db, cache):
             gate = SeatGate(cache)
-            seats = Seats(gate, CourseLoader(db, gate, settings.pending_timeout_s))
+            memory = GateMemory(cache)  # sold-out and not-open answers without Redis
+            seats = Seats(gate, CourseLoader(db, gate, settings.pending_timeout_s), memory)
+            memory.start()
             ledger = BookingLedger(db, gate, deadline_s=min(DEFAULT_DEADLINE_S,
                                                             settings.pending_timeout_s / 4))
             limiter = RateLimiter(cache, Limit(*settings.rate_per_resident),
@@ -101,6 +104,7 @@ def _lifespan(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None
                 yield
             finally:
                 await live.stop()
+                await memory.stop()
                 for task in tasks:  # each gives its connection back before the pool goes
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

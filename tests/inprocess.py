@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from booking.bookings import Bookings
 from booking.ledger.commit import BookingLedger
 from booking.seats import SeatGate
+from booking.seats.memory import GateMemory
 from booking.seats.ratelimit import Limit, RateLimiter
 from booking.seats.reconcile import CourseLoader
 from booking.seats.seating import Seats
@@ -56,16 +57,17 @@ class SeatPath:
 
 
 @contextlib.asynccontextmanager
-async def seat_path(pool: asyncpg.Pool, redis: Redis, *,
-                    gate: SeatGate | None = None) -> AsyncIterator[SeatPath]:
-    """Gate, loader, ledger and the Bookings service as the app wires them, on `pool`."""
+async def seat_path(pool: asyncpg.Pool, redis: Redis, *, gate: SeatGate | None = None,
+                    memory: GateMemory | None = None) -> AsyncIterator[SeatPath]:
+    """Gate, loader, ledger and the Bookings service as the app wires them, on `pool`; with a
+    `memory` (its listener started and stopped by the caller) grabs use it as the app's do."""
     gate = gate or SeatGate(redis)
     loader = CourseLoader(pool, gate, PENDING_TIMEOUT_S)
     ledger = BookingLedger(pool, gate, flushers=1, deadline_s=PENDING_TIMEOUT_S / 4)
     limiter = RateLimiter(redis, Limit(0, 1), Limit(0, 1))
     try:
         yield SeatPath(gate, loader, ledger,
-                       Bookings(Seats(gate, loader), ledger, limiter, pool))
+                       Bookings(Seats(gate, loader, memory), ledger, limiter, pool))
     finally:
         await ledger.close()
         await gate.close()

@@ -25,6 +25,10 @@ from prometheus_client import (
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 GRABS = Counter("booking_grabs_total", "Grab answers by outcome", ["outcome"])
+GRABS_FROM_MEMORY = Counter(
+    "booking_grabs_from_memory_total",
+    "Grab and swap refusals (sold_out, not_open) a process answered from its memory of the "
+    "gate, without Redis (a grab's is counted in booking_grabs_total too)", ["outcome"])
 REQUEST_SECONDS = Histogram(
     "booking_request_seconds", "Request latency by route template",
     ["method", "route", "status"],

@@ -7,6 +7,9 @@
 -- ARGV[3..]: fresh booking ids, one per promotion at most.
 -- Returns {freed (1/0), then per promotion: resident id, booking id, waitlist id}. A promoted
 -- resident holds the seat with a pending mark until their booking is written.
+-- A seat freed or handed to a waiter is announced (the course id, on the database's channel
+-- booking:course-changed:<db>, see scripts.py), so that every process forgets what it
+-- remembered of the course (see memory.py).
 if redis.replicate_commands then redis.replicate_commands() end
 local freed = 0
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
@@ -20,7 +23,12 @@ if ARGV[1] ~= '' and redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
 end
 local out = {freed}
 local info = redis.call('HMGET', KEYS[1], 'status', 'left')
-if info[1] ~= 'published' then return out end
+if info[1] ~= 'published' then
+  if freed == 1 then
+    redis.call('PUBLISH', 'booking:course-changed', string.match(KEYS[1], '{(.-)}'))
+  end
+  return out
+end
 local left = tonumber(info[2])
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -39,4 +47,7 @@ while left > 0 and ARGV[next_id] do
   end
 end
 redis.call('HSET', KEYS[1], 'left', left)
+if freed == 1 or #out > 1 then
+  redis.call('PUBLISH', 'booking:course-changed', string.match(KEYS[1], '{(.-)}'))
+end
 return out

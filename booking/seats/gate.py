@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from booking.core.batching import MicroBatcher
 from booking.core.observability import GRAB_BATCH_SIZE
-from booking.seats.scripts import load_script, run_many
+from booking.seats.scripts import load_script, run_many, with_channel
 
 
 def course_keys(course_id: int) -> tuple[str, str, str, str]:
@@ -89,10 +89,16 @@ class SyncResult:
 
 # Takes a resident out of a course's queue (they left it in Postgres) and, if they were in it,
 # moves the course's version on, so that a sync that read Postgres before they left does not
-# put them back (see sync.lua). KEYS: course info hash, waiting zset; ARGV: resident id.
+# put them back (see sync.lua). The last waiter leaving a course with a seat free opens that seat
+# to racers: announced like every such change (see memory.py).
+# KEYS: course info hash, waiting zset; ARGV: resident id.
 _LEAVE_QUEUE = """
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 and redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'version', 1)
+  if redis.call('ZCARD', KEYS[2]) == 0
+      and tonumber(redis.call('HGET', KEYS[1], 'left') or '0') > 0 then
+    redis.call('PUBLISH', 'booking:course-changed', string.match(KEYS[1], '{(.-)}'))
+  end
 end
 return 1
 """
@@ -115,7 +121,7 @@ class SeatGate:
         self._wait = load_script(redis, "booking.seats", "wait")
         self._leaving = load_script(redis, "booking.seats", "leaving")
         self._sync = load_script(redis, "booking.seats", "sync")
-        self._leave_queue = redis.register_script(_LEAVE_QUEUE)
+        self._leave_queue = redis.register_script(with_channel(redis, _LEAVE_QUEUE))
         self._has_stale_pending = redis.register_script(_HAS_STALE_PENDING)
         self._grabs: MicroBatcher[tuple[int, str, str], Decision] = MicroBatcher(
             self._grab_many, flushers=1, max_batch=512)

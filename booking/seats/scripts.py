@@ -10,11 +10,28 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 Call = tuple[Sequence[str], Sequence[object]]  # keys, args
+# The channel the scripts announce a changed course on (see memory.py), as written in them.
+CHANGES = "booking:course-changed"
+
+
+def changes_channel(redis: Redis) -> str:
+    """The announcements' channel of this client's database. Pub/sub ignores the database a
+    client selected, so deployments (or test runs) sharing a Redis server by database number
+    would otherwise hear each other's course ids."""
+    pool = getattr(redis, "connection_pool", None)
+    db = pool.connection_kwargs.get("db", 0) if pool is not None else 0
+    return f"{CHANGES}:{db}"
+
+
+def with_channel(redis: Redis, text: str) -> str:
+    """A script's text announcing on the channel of this client's database."""
+    return text.replace(f"'{CHANGES}'", f"'{changes_channel(redis)}'")
 
 
 def load_script(redis: Redis, package: str, name: str) -> AsyncScript:
     """A script registered with redis-py, which reloads it by itself after NOSCRIPT."""
-    return redis.register_script(resources.files(package).joinpath(f"{name}.lua").read_text())
+    text = resources.files(package).joinpath(f"{name}.lua").read_text()
+    return redis.register_script(with_channel(redis, text))
 
 
 async def run_many(redis: Redis, script: AsyncScript, calls: list[Call]) -> list[object]:

@@ -4,6 +4,10 @@ A course the gate has not loaded yet (a new process, or Redis lost its data) is 
 Postgres once per process and asked again, so no caller ever sees `missing`; an id Postgres
 could not hold is simply no course. `refusal` is the one table from a decision that is not a
 seat to the answer a resident gets.
+
+Grabs and swap targets of a course the gate refused a moment ago (sold out, not open yet) are
+answered from the process's `GateMemory` without Redis (see memory.py for the bound); a
+waitlist join always asks the gate, as it must tell a free seat from none.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from datetime import UTC, datetime
 from booking.core.errors import ApiError, Conflict, NotFound
 from booking.core.fields import storable_id
 from booking.seats.gate import Decision, Outcome, SeatGate
+from booking.seats.memory import REMEMBERED, GateMemory
 from booking.seats.reconcile import CourseLoader
 
 NO_COURSE = Decision(Outcome.NO_COURSE)
@@ -23,14 +28,25 @@ ASK_ONLY = 0  # a waitlist id no row has (ids start at 1): wait.lua only answers
 
 
 class Seats:
-    def __init__(self, gate: SeatGate, loader: CourseLoader) -> None:
+    def __init__(self, gate: SeatGate, loader: CourseLoader,
+                 memory: GateMemory | None = None) -> None:
         self.gate = gate
         self.loader = loader
+        self.memory = memory  # None: every grab asks the gate
 
     async def take(self, course_id: int, resident_id: str, booking_id: str) -> Decision:
-        """Take a seat (grab.lua); TAKEN leaves it pending until the booking is written."""
-        return await self._asked(course_id, lambda: self.gate.grab(course_id, resident_id,
-                                                                   booking_id))
+        """Take a seat (grab.lua); TAKEN leaves it pending until the booking is written. A
+        refusal the memory still holds is answered without asking the gate."""
+        memory = self.memory
+        if memory is not None:
+            remembered = memory.answer(course_id, resident_id)
+            if remembered is not None:
+                return remembered
+        decision = await self._asked(course_id, lambda: self.gate.grab(course_id, resident_id,
+                                                                       booking_id))
+        if memory is not None and decision.outcome in REMEMBERED:
+            await memory.learn(course_id)
+        return decision
 
     async def wait(self, course_id: int, resident_id: str, waitlist_id: int) -> Decision:
         """Put a committed waitlist place in the gate's queue (wait.lua); waitlist id ASK_ONLY

@@ -17,6 +17,10 @@
 -- the mark (its writer died); a younger pending holder is a grab still being written and stays.
 -- Bookings Postgres has and the gate lacks are restored.
 -- Waiters Postgres has are added (one who left is dropped when a promotion finds out).
+-- An applied sync that changed anything a grab is decided on (status, opening time, seats left,
+-- holders, the waitlist emptied) announces the course (booking:course-changed:<db>), so that
+-- every process forgets what it remembered of it (see memory.py): capacity increases, reopening,
+-- cancellation, a new opening time and the reconciler's give-backs all come this way.
 -- Returns {seats left, seats given back, holders restored, applied (1) or not (0)}; seats left
 -- is -1 when a sync that changed nothing found no course in the gate.
 if redis.replicate_commands then redis.replicate_commands() end
@@ -24,6 +28,8 @@ local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if version ~= tonumber(ARGV[6]) then
   return {tonumber(redis.call('HGET', KEYS[1], 'left') or '-1'), 0, 0, 0}
 end
+local was = redis.call('HMGET', KEYS[1], 'status', 'opens_at', 'left')
+local waited = redis.call('ZCARD', KEYS[4])
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local capacity = tonumber(ARGV[1])
@@ -83,4 +89,8 @@ end
 local left = capacity - redis.call('HLEN', KEYS[2])
 redis.call('HSET', KEYS[1], 'capacity', capacity, 'status', ARGV[2], 'opens_at', ARGV[3],
            'left', left, 'hold_s', ARGV[5], 'version', version + 1)
+if given_back + restored > 0 or was[1] ~= ARGV[2] or tonumber(was[2]) ~= tonumber(ARGV[3])
+    or tonumber(was[3]) ~= left or (waited > 0 and redis.call('ZCARD', KEYS[4]) == 0) then
+  redis.call('PUBLISH', 'booking:course-changed', string.match(KEYS[1], '{(.-)}'))
+end
 return {left, given_back, restored, 1}
