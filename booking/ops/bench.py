@@ -356,15 +356,27 @@ def _delta(after: float | None, before: float | None) -> float | None:
 
 
 GRABS_LINE = re.compile(r'^booking_grabs_total\{outcome="([^"]+)"\} ([0-9.e+]+)$', re.M)
+# The part of those answered from a process's memory, without Redis (booking/seats/memory.py).
+MEMORY_LINE = re.compile(
+    r'^booking_grabs_from_memory_total\{outcome="([^"]+)"\} ([0-9.e+]+)$', re.M)
 
 
 def _service_grabs(base: str) -> dict[str, float]:
-    """The service's own count of grab answers by outcome (its /metrics, every worker)."""
+    """The service's own count of grab answers by outcome (its /metrics, every worker), and
+    of those answered from memory (`from_memory:<outcome>`)."""
     try:
         text = httpx.get(f"{base}/metrics", timeout=10).text
     except httpx.HTTPError:
         return {}
-    return {outcome: float(n) for outcome, n in GRABS_LINE.findall(text)}
+    counts = {outcome: float(n) for outcome, n in GRABS_LINE.findall(text)}
+    counts.update({f"from_memory:{outcome}": float(n)
+                   for outcome, n in MEMORY_LINE.findall(text)})
+    return counts
+
+
+def _answers(outcomes: dict[str, int]) -> int:
+    """Grab answers counted by the service (those from memory are already among them)."""
+    return sum(n for outcome, n in outcomes.items() if not outcome.startswith("from_memory:"))
 
 
 def _grabs_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, int]:
@@ -518,7 +530,7 @@ def _cut_short_line(args: argparse.Namespace, seen: Seen, figures: dict[str, obj
     return (f"  RUSH CUT SHORT by --max-seconds {args.max_seconds}: {seen.started} of "
             f"{args.residents} residents started, and not all got their answers. The figures "
             f"are what wrk saw until then (each wrk thread's last up to 200 answers may be "
-            f"missing); the service counted {sum(seen.service_grabs.values())} grab answers. "
+            f"missing); the service counted {_answers(seen.service_grabs)} grab answers. "
             f"The release {'sold out' if figures['sellout_s'] else 'did not sell out'}.\n")
 
 
