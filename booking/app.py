@@ -26,7 +26,19 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import Redis
 
-from booking import bookings, courses, payments, probes, signin, venues, waitlist
+from booking import (
+    attendance,
+    bookings,
+    courses,
+    imports,
+    payments,
+    probes,
+    record,
+    signin,
+    staff,
+    venues,
+    waitlist,
+)
 from booking.bookings import Bookings
 from booking.core.auth import TokenVerifier, authentication
 from booking.core.errors import EXCEPTION_HANDLERS
@@ -154,7 +166,8 @@ def create_app(settings: Settings | None = None, *, pool: asyncpg.Pool | None = 
     app = Litestar(
         route_handlers=[*probes.HANDLERS, *venues.HANDLERS, *courses.HANDLERS,
                         *bookings.HANDLERS, *waitlist.HANDLERS, *payments.HANDLERS,
-                        *signin.HANDLERS, pages.router],
+                        *signin.HANDLERS, *staff.HANDLERS, *imports.HANDLERS, *attendance.HANDLERS,
+                        *record.HANDLERS, pages.router],
         template_config=pages.templates,
         state=State({"verifier": verifier}),
         dependencies={name: _from_state(lambda: app, name) for name in PROVIDED},

@@ -15,7 +15,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "booking"
 DOMAINS = {"booking.venues", "booking.courses", "booking.bookings", "booking.waitlist",
            "booking.payments", "booking.probes", "booking.signin", "booking.live",
-           "booking.checkin"}
+           "booking.checkin", "booking.staff", "booking.imports", "booking.attendance",
+           "booking.record"}
 # Which top-level parts of booking/ each part may import (besides itself).
 ALLOWED = {
     "core": set(),

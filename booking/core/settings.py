@@ -32,6 +32,7 @@ class Settings:
     login_codes: str = "outbox"  # how sign-in codes leave: "outbox" (an SMS gateway) or "log"
     demo: bool = False  # a demo term: pages offer a simulated payment
     sse_max_streams: int = 5000  # live-seat streams per process; past it, 503 and polling
+    record_key: str = ""  # signs learning records (Ed25519); "": derived from `secret`
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -64,6 +65,7 @@ class Settings:
             login_codes=_choice(env, "BOOKING_LOGIN_CODES", ("outbox", "log")),
             demo=_choice(env, "BOOKING_DEMO", ("0", "1")) == "1",
             sse_max_streams=_int(env, "BOOKING_SSE_MAX_STREAMS", 5000, 1, 1_000_000),
+            record_key=env.get("BOOKING_RECORD_KEY", "").strip(),
         )
 
     def with_urls(self, database_url: str, redis_url: str) -> Settings:

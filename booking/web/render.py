@@ -35,6 +35,11 @@ class Visitor:
     def resident_id(self) -> str | None:
         return self.user.sub if self.user and self.user.role == "resident" else None
 
+    @property
+    def venue_id(self) -> int | None:
+        """The venue a signed-in staff member works for (a `venue` token's venue_id)."""
+        return self.user.venue_id if self.user and self.user.role == "venue" else None
+
 
 def visitor(request: Request) -> Visitor:
     """The visitor of this request, read once and kept on the request."""
@@ -112,6 +117,12 @@ def local_path(value: str | None, default: str = "/me/bookings") -> str:
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
         return default
     return value
+
+
+def staff_sign_in_first(request: Request, back_to: str | None = None) -> Redirect:
+    """Send a visitor who is not signed in as venue staff to the staff sign-in, then back."""
+    return see_other("/venue/login?" + urlencode({"next": back_to or request.url.path}),
+                     request)
 
 
 def sign_in_first(request: Request, back_to: str | None = None) -> Redirect:
