@@ -111,3 +111,26 @@ async def test_swaps_count_against_the_same_limit_as_grabs(http, db):
     assert set(codes[:first_refused]) == {409} and set(codes[first_refused:]) == {429}
     assert_retry_after_ends_the_window(answers[-1], window_opened)
     assert await active_rows(db, mine["id"]) == 1
+
+
+async def test_a_subject_over_its_limit_is_refused_from_memory_until_its_window_ends(redis):
+    """Once the counter said a resident is over, this process refuses them without Redis: with
+    the counter deleted behind its back, Redis would let them through, the memory does not.
+    When the window ends they may grab again."""
+    from booking.seats.ratelimit import Limit, RateLimiter
+
+    limiter = RateLimiter(redis, Limit(2, 1.5), Limit(0, 1.0))
+    who = unique("over")
+    try:
+        assert [await limiter.wait_s(who, "-") for _ in range(2)] == [0.0, 0.0]
+        opened = time.monotonic()
+        assert await limiter.wait_s(who, "-") > 0  # the counter says so
+        await redis.delete(f"rate:{{r:{who}}}")
+        remembered = await limiter.wait_s(who, "-")  # Redis would now answer 0
+        assert 0 < remembered <= 1.5 - (time.monotonic() - opened) + 0.05
+        while await limiter.wait_s(who, "-") > 0:  # until the window ends, by the memory
+            assert time.monotonic() - opened < 10
+            await asyncio.sleep(0.05)
+        assert time.monotonic() - opened >= 1.4
+    finally:
+        await limiter.close()
