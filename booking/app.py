@@ -65,7 +65,11 @@ from booking.web.site import site
 MAX_BODY_BYTES = 64 * 1024
 # What handlers may ask for by name, each kept on app.state by the lifespan.
 PROVIDED = ("settings", "pool", "redis", "seats", "reads", "bookings", "courses", "waitlist",
-            "payments", "signin", "venues", "live")
+            "payments", "signin", "venues", "live",
+            "staff",
+            "imports",
+            "attendance",
+            "records")
 
 
 @contextlib.asynccontextmanager
@@ -105,7 +109,11 @@ def _lifespan(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None
                              bookings=Bookings(seats, ledger, limiter, db),
                              courses=Courses(db, seats, reads), waitlist=Waitlist(seats, db),
                              payments=Payments(db, settings.payment_secret),
-                             signin=SignIn(db, settings), venues=venues.Venues(db, reads))
+                             signin=SignIn(db, settings), venues=venues.Venues(db, reads),
+                             staff=staff.Staff(db),
+                             imports=imports.Imports(db, seats, reads),
+                             attendance=attendance.Attendance(db, settings.secret),
+                             records=record.Records(db, record.RecordSigner.of(settings)))
             live.start(seats)  # its ChannelsPlugin is one of the app's plugins
             app.state.live = live
             tasks = [asyncio.create_task(sweep_forever(db, gate, settings.pending_timeout_s,
@@ -141,7 +149,9 @@ def _document_strict_bodies(app: Litestar) -> None:
     """Request bodies refuse unknown fields (msgspec's forbid_unknown_fields); Litestar does not
     say so in the OpenAPI schema, so mark them `additionalProperties: false` here."""
     strict = {body.__name__ for body in (venues.VenueIn, courses.CourseIn, courses.CoursePatch,
-                                         bookings.SwapIn, signin.LoginCodeIn, signin.TokenIn)}
+                                         bookings.SwapIn, signin.LoginCodeIn, signin.TokenIn,
+                                         staff.StaffIn,
+                                         attendance.CheckinIn)}
     for name, schema in (app.openapi_schema.components.schemas or {}).items():
         if name in strict:
             schema.additional_properties = False

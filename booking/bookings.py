@@ -65,6 +65,17 @@ class CheckinOut(msgspec.Struct):
     code: str  # 8 characters to type when a camera fails
 
 
+class RosterEntryOut(msgspec.Struct):
+    """An active booking as the venue's roster shows it: the phone masked (138****0001)."""
+
+    booking_id: str
+    resident_id: str
+    phone: str  # masked; a resident without a phone on file: the id, shortened
+    status: str
+    created_at: datetime
+    checkins: int  # lessons checked in so far
+
+
 class SwapIn(msgspec.Struct, forbid_unknown_fields=True):
     course_id: Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
 
@@ -105,12 +116,31 @@ COURSE_VENUE = "SELECT venue_id FROM courses WHERE id = $1"
 ROSTER = f"""
 SELECT {COLUMNS} FROM bookings WHERE course_id = $1 AND {ACTIVE} ORDER BY created_at
 """
+ROSTER_DETAILS = """
+SELECT b.id::text AS id, b.resident_id, r.phone, b.status, b.created_at,
+       (SELECT count(*) FROM attendance a WHERE a.booking_id = b.id) AS checkins
+FROM bookings b LEFT JOIN residents r ON r.id = b.resident_id
+WHERE b.course_id = $1 AND booking_active(b.status) ORDER BY b.created_at, b.id
+"""
+CHECKIN_COUNTS = """
+SELECT b.course_id, count(*) AS checkins FROM attendance a JOIN bookings b ON b.id = a.booking_id
+WHERE b.course_id = ANY($1::bigint[]) GROUP BY b.course_id
+"""
+SHORT_ID = 8  # characters of a resident id shown where no phone is on file
 
 DEADLINE_PASSED = Conflict("The cancellation deadline of this course has passed.",
                            code="cancel_deadline_passed")
 NOT_ACTIVE = Conflict("This booking is no longer active.", code="not_active")
 SAME_COURSE = Conflict("That is the course you already hold.", code="same_course")
 NOT_SAVED = "Your seat could not be saved; please try again."
+
+
+def masked_phone(phone: str | None, resident_id: str) -> str:
+    """`138****0001`: what a venue sees of a resident's phone; without one, the resident's id
+    shortened (never the whole id)."""
+    if phone and len(phone) == 11:
+        return f"{phone[:3]}****{phone[7:]}"
+    return resident_id if len(resident_id) <= SHORT_ID else f"{resident_id[:SHORT_ID]}…"
 
 
 def booking_out(row: asyncpg.Record) -> BookingOut:
@@ -296,14 +326,33 @@ class Bookings:
         """A resident's bookings, newest first, cancelled ones included."""
         return [booking_out(row) for row in await self.pool.fetch(MY_BOOKINGS, resident_id)]
 
-    async def roster(self, course_id: int, principal: Principal) -> list[BookingOut]:
-        """The active bookings of a course, for its venue or an operator."""
+    async def _check_course(self, course_id: int, principal: Principal) -> None:
+        """NotFound without such a course; Forbidden when it is another venue's."""
         venue_id = await self.pool.fetchval(COURSE_VENUE, course_id) \
             if storable_id(course_id) else None
         if venue_id is None:
             raise NotFound.of("course")
         check_owner(principal, venue_id)
+
+    async def roster(self, course_id: int, principal: Principal) -> list[BookingOut]:
+        """The active bookings of a course, for its venue or an operator."""
+        await self._check_course(course_id, principal)
         return [booking_out(row) for row in await self.pool.fetch(ROSTER, course_id)]
+
+    async def roster_details(self, course_id: int,
+                             principal: Principal) -> list[RosterEntryOut]:
+        """The active bookings of a course with masked phones and check-ins, for its venue
+        or an operator (what the venue's roster page and its CSV show)."""
+        await self._check_course(course_id, principal)
+        rows = await self.pool.fetch(ROSTER_DETAILS, course_id)
+        return [RosterEntryOut(row["id"], row["resident_id"],
+                               masked_phone(row["phone"], row["resident_id"]), row["status"],
+                               row["created_at"], row["checkins"]) for row in rows]
+
+    async def checkin_counts(self, course_ids: list[int]) -> dict[int, int]:
+        """Check-ins so far per course (courses without any are left out)."""
+        rows = await self.pool.fetch(CHECKIN_COUNTS, course_ids)
+        return {row["course_id"]: row["checkins"] for row in rows}
 
 
 def _swap_refusal(exc: asyncpg.IntegrityConstraintViolationError) -> ApiError:
@@ -384,5 +433,14 @@ async def course_roster(request: Caller, course_id: CourseId,
     return await bookings.roster(course_id, request.user)
 
 
+@get("/v1/courses/{course_id:int}/roster", operation_id="courseRosterDetails",
+     tags=["bookings"], **requires("venue", "operator", errors=(404,)))
+async def course_roster_details(request: Caller, course_id: CourseId,
+                                bookings: NamedDependency[Bookings]) -> list[RosterEntryOut]:
+    """The active bookings of a course with each resident's phone masked (138****0001) and
+    their check-ins so far (its venue or an operator); the venue's roster page shows these."""
+    return await bookings.roster_details(course_id, request.user)
+
+
 HANDLERS: list[Any] = [grab_seat, cancel_booking, swap_booking, my_bookings, booking_checkin,
-                       course_roster]
+                       course_roster, course_roster_details]

@@ -39,6 +39,8 @@ Moment = Annotated[datetime, msgspec.Meta(tz=True)]
 Capacity = Annotated[int, msgspec.Meta(ge=1, le=MAX_CAPACITY)]
 Price = Annotated[int, msgspec.Meta(ge=0, le=MAX_PRICE_CENTS)]
 HoldMinutes = Annotated[int, msgspec.Meta(ge=1, le=1440)]
+Lessons = Annotated[int, msgspec.Meta(ge=1, le=52)]  # weekly lessons from starts_at
+Code = Annotated[str, msgspec.Meta(min_length=1, max_length=40, pattern=NO_NUL)]
 DEFAULT_KM = 5.0  # the radius of "near me" unless the visitor says otherwise
 MIN_KM, MAX_KM = 0.1, 50.0
 EARTH_RADIUS_M = 6_371_008.8  # the mean radius (IUGG); haversine is within 0.5 % of WGS-84
@@ -57,6 +59,8 @@ class CourseIn(msgspec.Struct, forbid_unknown_fields=True):
     venue_id: Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)] | None = None
     hold_minutes: HoldMinutes = 10  # how long a hold of a paid course waits for its payment
     cancel_deadline: Moment | None = None  # None: cancelling is possible until starts_at
+    lessons: Lessons = 1  # the course meets this many times, weekly from starts_at
+    code: Code | None = None  # the venue's own code for it (a term import updates by it)
 
 
 class CoursePatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -72,6 +76,8 @@ class CoursePatch(msgspec.Struct, forbid_unknown_fields=True):
     status: Literal["cancelled"] | msgspec.UnsetType = msgspec.UNSET
     hold_minutes: HoldMinutes | msgspec.UnsetType = msgspec.UNSET
     cancel_deadline: Moment | msgspec.UnsetType | None = msgspec.UNSET
+    lessons: Lessons | msgspec.UnsetType = msgspec.UNSET
+    code: Code | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class CourseOut(msgspec.Struct):
@@ -93,6 +99,8 @@ class CourseOut(msgspec.Struct):
     seats_left: int
     hold_minutes: int
     cancel_deadline: datetime | None
+    lessons: int = 1
+    code: str | None = None
     distance_m: int | None = None  # metres from the place asked about; None without one
 
 
@@ -103,14 +111,15 @@ class CoursePage(msgspec.Struct):
 
 COLUMNS = """c.id, c.venue_id, c.title, c.category, c.teacher, c.description, c.starts_at,
 c.ends_at, c.capacity, c.price_cents, c.sales_open_at, c.status, v.district,
-v.name AS venue_name, v.address, c.hold_minutes, c.cancel_deadline"""
+v.name AS venue_name, v.address, c.hold_minutes, c.cancel_deadline, c.lessons, c.code"""
 SELECT_COURSE = f"""
 SELECT {COLUMNS} FROM courses c JOIN venues v ON v.id = c.venue_id WHERE c.id = $1
 """
 INSERT_COURSE = """
 INSERT INTO courses (venue_id, title, category, teacher, description, starts_at, ends_at,
-                     capacity, price_cents, sales_open_at, hold_minutes, cancel_deadline)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id
+                     capacity, price_cents, sales_open_at, hold_minutes, cancel_deadline,
+                     lessons, code)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id
 """
 CANCEL_COURSE_BOOKINGS = """
 UPDATE bookings SET status = 'cancelled', cancelled_at = now()
@@ -121,7 +130,8 @@ UPDATE waitlist SET status = 'cleared', updated_at = now()
 WHERE course_id = $1 AND status = 'waiting' RETURNING resident_id
 """
 PATCHABLE = ("title", "category", "teacher", "description", "starts_at", "ends_at", "capacity",
-             "price_cents", "sales_open_at", "status", "hold_minutes", "cancel_deadline")
+             "price_cents", "sales_open_at", "status", "hold_minutes", "cancel_deadline",
+             "lessons", "code")
 LIST_FILTERS = {"venue_id", "district", "category", "available", "weekday", "lat", "lon",
                 "point", "km", "limit", "offset"}
 VENUE_PLACE = "SELECT lat, lon FROM venues WHERE id = $1"
@@ -142,6 +152,8 @@ CONSTRAINT_ERRORS: dict[str, ApiError] = {
     "courses_ends_after_start": Invalid("ends_at must be after starts_at."),
     "courses_sales_open_before_start": Invalid("sales_open_at must not be after starts_at."),
     "courses_venue_id_fkey": NotFound("No venue with that id."),
+    "courses_code_per_venue": Conflict("Another course of this venue has that code.",
+                                       code="code_taken"),
 }
 
 
@@ -283,7 +295,8 @@ class Courses:
             course_id = await self.pool.fetchval(
                 INSERT_COURSE, venue_id, data.title, data.category, data.teacher,
                 data.description, data.starts_at, data.ends_at, data.capacity, data.price_cents,
-                data.sales_open_at, data.hold_minutes, data.cancel_deadline)
+                data.sales_open_at, data.hold_minutes, data.cancel_deadline, data.lessons,
+                data.code)
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise constraint_error(exc) from exc
         self.reads.clear()

@@ -14,6 +14,13 @@ requests (on any worker or host) cannot both win:
 - a code is stored as HMAC-SHA256 of phone and code under a key derived from BOOKING_SECRET,
   lives 10 minutes and allows 5 tries; the right one is spent at once.
 
+Venue staff sign in the same way with `role: venue`: the right code for a phone an operator
+linked to a venue (`booking.staff`) gives a venue token carrying `venue_id`, whose `sub` is
+`staff:` and an HMAC of the phone (the same for every sign-in of that phone, never the phone
+itself; check-ins name it as their verifier). A phone linked to no venue gets 403 `not_staff`,
+and its code stays good for a resident sign-in. Unlinking a phone stops its next sign-in, not
+the tokens it already holds (they last 30 days).
+
 A phone's resident is created at its first sign-in. Its id, chosen when the first code is sent
 (`login_codes.resident_id`), is random (`r_...`), never the phone; the outbox row of a code
 names it, so the SMS gateway sees who a message is for before that resident exists.
@@ -38,7 +45,7 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 
 from booking.core.auth import TOKEN_DAYS, mint
-from booking.core.errors import ApiError, ErrorBody, Invalid, RateLimited, documented
+from booking.core.errors import ApiError, ErrorBody, Forbidden, Invalid, RateLimited, documented
 from booking.core.settings import Settings
 from booking.ledger.outbox import add_notification
 
@@ -51,7 +58,7 @@ CODE_TRIES = 5
 RESEND_AFTER_S = 60
 ADDRESS_LIMIT = (20, 600.0)  # codes per client address, per seconds
 TOKEN_LIFETIME_S = TOKEN_DAYS * 86400
-ROLES = ("resident",)  # the next issue adds venue staff
+ROLES = ("resident", "venue")
 KIND = "login_code"  # the outbox kind of a code on its way to the SMS gateway
 
 SEND_CODE = """
@@ -106,6 +113,7 @@ UPDATE login_codes SET tries_left = tries_left - 1 WHERE phone = $1 RETURNING tr
 SPEND_CODE = "UPDATE login_codes SET expires_at = '-infinity' WHERE phone = $1"
 ADD_RESIDENT = "INSERT INTO residents (id, phone) VALUES ($1, $2) ON CONFLICT (phone) DO NOTHING"
 RESIDENT_OF_PHONE = "SELECT id FROM residents WHERE phone = $1"
+VENUE_OF_STAFF = "SELECT venue_id FROM venue_staff WHERE phone = $1"
 
 
 def clean_phone(text: str) -> str:
@@ -120,7 +128,7 @@ def _waiting(code: str, wait_s: float, detail: str) -> RateLimited:
                        extra={"retry_after_s": wait})
 
 
-def _invalid_phone() -> Invalid:
+def invalid_phone() -> Invalid:
     return Invalid("Give an 11-digit mainland mobile number, e.g. 13800000001.",
                    code="invalid_phone")
 
@@ -135,8 +143,9 @@ class CodeSent:
 @dataclass(frozen=True, slots=True)
 class SignedIn:
     token: str
-    resident_id: str
     expires_in_s: int
+    resident_id: str | None = None  # a resident's token
+    venue_id: int | None = None  # a venue staff member's token
 
 
 class SignIn:
@@ -149,6 +158,7 @@ class SignIn:
         self.address_limit = address_limit
         self._code_key = _derived_key(settings.secret, b"login-code")
         self._address_key = _derived_key(settings.secret, b"login-address")
+        self._staff_key = _derived_key(settings.secret, b"staff-subject")
         if settings.login_codes == "outbox" and not settings.webhook_url:
             log.warning("sign-in codes go to the outbox, but BOOKING_WEBHOOK_URL is unset: no "
                         "resident will receive one (BOOKING_LOGIN_CODES=log shows them in this "
@@ -164,7 +174,7 @@ class SignIn:
         codes from this address)."""
         phone = clean_phone(phone)
         if not MOBILE.fullmatch(phone):
-            raise _invalid_phone()
+            raise invalid_phone()
         code = f"{secrets.randbelow(10**6):06d}"
         async with self.pool.acquire() as conn, conn.transaction():
             resident_id, expires_at = await self._replace_code(conn, phone, code)
@@ -199,41 +209,78 @@ class SignIn:
             raise _waiting("rate_limited", row["wait_s"],
                            "Too many codes were asked for from this address; please wait.")
 
+    def staff_subject(self, phone: str) -> str:
+        """A staff member's token `sub`: stable per phone, and not the phone."""
+        digest = hmac.new(self._staff_key, phone.encode(), hashlib.sha256).hexdigest()
+        return "staff:" + digest[:20]
+
     async def sign_in(self, phone: str, code: str, role: str = "resident") -> SignedIn:
-        """Trade a phone's code for a token (creating the resident at the first sign-in);
-        raises `role_not_supported`, `invalid_phone`, `invalid_code`, `code_expired`,
-        `wrong_code` (a try spent) or `too_many_tries`."""
+        """Trade a phone's code for a token: a resident's (created at the first sign-in) or,
+        with `role="venue"`, its venue's for a linked staff phone; raises `role_not_supported`,
+        `invalid_phone`, `invalid_code`, `code_expired`, `wrong_code` (a try spent),
+        `too_many_tries` or `not_staff` (403: the code was right, the phone is no venue's)."""
         if role not in ROLES:
             raise Invalid(f"Only {' and '.join(ROLES)} sign in with a phone code for now.",
                           code="role_not_supported")
         phone = clean_phone(phone)
         if not MOBILE.fullmatch(phone):
-            raise _invalid_phone()
+            raise invalid_phone()
         if not CODE_DIGITS.fullmatch(code.strip()):
             raise Invalid("A code is the six digits of the message.", code="invalid_code")
-        outcome = await self._check_code(phone, code.strip())
-        if isinstance(outcome, ApiError):
-            raise outcome
-        return SignedIn(mint(self.settings.secret, "resident", outcome), outcome,
-                        TOKEN_LIFETIME_S)
+        if role == "venue":
+            venue_id = await self._check_staff_code(phone, code.strip())
+            if isinstance(venue_id, ApiError):
+                raise venue_id
+            token = mint(self.settings.secret, "venue", self.staff_subject(phone),
+                         venue_id=venue_id)
+            return SignedIn(token, TOKEN_LIFETIME_S, venue_id=venue_id)
+        resident_id = await self._check_resident_code(phone, code.strip())
+        if isinstance(resident_id, ApiError):
+            raise resident_id
+        return SignedIn(mint(self.settings.secret, "resident", resident_id), TOKEN_LIFETIME_S,
+                        resident_id=resident_id)
 
-    async def _check_code(self, phone: str, code: str) -> str | ApiError:
+    async def _check_resident_code(self, phone: str, code: str) -> str | ApiError:
         """The resident id for a right code, else the refusal; a wrong try is committed."""
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(CODE_TO_CHECK, phone, float(RESEND_AFTER_S))
-            if row is None or not row["live"]:
-                return Invalid("This phone has no code in force (codes live 10 minutes and "
-                               "work once); ask for a new one.", code="code_expired")
-            if row["tries_left"] <= 0:
-                return _waiting("too_many_tries", row["resend_wait_s"],
-                                "Too many wrong tries for this code; ask for a new one.")
-            if not hmac.compare_digest(row["code_hash"], self.code_hash(phone, code)):
-                left = await conn.fetchval(SPEND_TRY, phone)
-                return Invalid(_wrong_code_detail(left), code="wrong_code",
-                               extra={"tries_left": left})
+            row = await self._code_row(conn, phone, code)
+            if isinstance(row, ApiError):
+                return row
             await conn.execute(SPEND_CODE, phone)
             await conn.execute(ADD_RESIDENT, row["resident_id"], phone)
             return await conn.fetchval(RESIDENT_OF_PHONE, phone)
+
+    async def _check_staff_code(self, phone: str, code: str) -> int | ApiError:
+        """The staff phone's venue for a right code, else the refusal; a wrong try is
+        committed. A right code of a phone linked to no venue is not spent."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._code_row(conn, phone, code)
+            if isinstance(row, ApiError):
+                return row
+            venue_id = await conn.fetchval(VENUE_OF_STAFF, phone)
+            if venue_id is None:
+                return Forbidden("This phone is not linked to any venue, so it cannot sign in "
+                                 "as venue staff; an operator links staff phones "
+                                 "(POST /v1/venues/{venue_id}/staff).", code="not_staff")
+            await conn.execute(SPEND_CODE, phone)
+            return venue_id
+
+    async def _code_row(self, conn: asyncpg.Connection, phone: str,
+                        code: str) -> asyncpg.Record | ApiError:
+        """The phone's `login_codes` row (locked) when `code` is its live code, else the
+        refusal (a wrong code spends a try)."""
+        row = await conn.fetchrow(CODE_TO_CHECK, phone, float(RESEND_AFTER_S))
+        if row is None or not row["live"]:
+            return Invalid("This phone has no code in force (codes live 10 minutes and "
+                           "work once); ask for a new one.", code="code_expired")
+        if row["tries_left"] <= 0:
+            return _waiting("too_many_tries", row["resend_wait_s"],
+                            "Too many wrong tries for this code; ask for a new one.")
+        if not hmac.compare_digest(row["code_hash"], self.code_hash(phone, code)):
+            left = await conn.fetchval(SPEND_TRY, phone)
+            return Invalid(_wrong_code_detail(left), code="wrong_code",
+                           extra={"tries_left": left})
+        return row
 
 
 def _wrong_code_detail(tries_left: int) -> str:
@@ -262,8 +309,9 @@ class TokenIn(msgspec.Struct, forbid_unknown_fields=True):
     phone: Annotated[str, msgspec.Meta(description="The phone the code was sent to")]
     code: Annotated[str, msgspec.Meta(description="The six digits of the message",
                                       examples=["123456"])]
-    role: Annotated[str, msgspec.Meta(description="'resident' (venue staff come later)")] = \
-        "resident"
+    role: Annotated[str, msgspec.Meta(
+        description="'resident', or 'venue' for a staff phone an operator linked to a venue",
+        examples=["resident", "venue"])] = "resident"
 
 
 class CodeSentOut(msgspec.Struct):
@@ -272,10 +320,11 @@ class CodeSentOut(msgspec.Struct):
     expires_in_s: int
 
 
-class TokenOut(msgspec.Struct):
+class TokenOut(msgspec.Struct, omit_defaults=True):
     token: str  # send as `Authorization: Bearer <token>`; the pages keep it in a cookie
-    resident_id: str
     expires_in_s: int
+    resident_id: str | None = None  # role resident
+    venue_id: int | None = None  # role venue
 
 
 def _errors(bad_input: str, too_many: str) -> dict[int, ResponseSpec]:
@@ -301,13 +350,17 @@ async def send_login_code(request: Request, data: LoginCodeIn,
 
 
 @post("/v1/auth/tokens", operation_id="createToken", tags=["auth"], status_code=200,
-      responses=_errors("wrong_code (the detail and `tries_left` say how many tries are left), "
-                        "code_expired, invalid_code, invalid_phone, role_not_supported, invalid",
-                        "too_many_tries: ask for a new code"))
+      responses={**_errors(
+          "wrong_code (the detail and `tries_left` say how many tries are left), "
+          "code_expired, invalid_code, invalid_phone, role_not_supported, invalid",
+          "too_many_tries: ask for a new code"),
+          403: ResponseSpec(ErrorBody, description="not_staff: role venue, and the phone is "
+                            "linked to no venue (its code stays good for a resident)")})
 async def create_token(data: TokenIn, signin: NamedDependency[SignIn]) -> TokenOut:
-    """Trade a phone's code for a bearer token; a resident's first sign-in creates them."""
+    """Trade a phone's code for a bearer token: a resident's (the first sign-in creates them)
+    or, with `role: venue`, a venue token for a staff phone an operator linked to a venue."""
     signed = await signin.sign_in(data.phone, data.code, data.role)
-    return TokenOut(signed.token, signed.resident_id, signed.expires_in_s)
+    return TokenOut(signed.token, signed.expires_in_s, signed.resident_id, signed.venue_id)
 
 
 HANDLERS: list[Any] = [send_login_code, create_token]

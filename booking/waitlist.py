@@ -27,7 +27,8 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
-from booking.core.auth import Principal, requires
+from booking.bookings import masked_phone
+from booking.core.auth import Principal, check_owner, requires
 from booking.core.errors import NotFound, Unavailable
 from booking.core.fields import storable_id
 from booking.seats import Outcome
@@ -39,6 +40,15 @@ class WaitlistEntryOut(msgspec.Struct):
     resident_id: str
     status: str  # waiting, or left after DELETE
     position: int | None  # 1 = next to get a freed seat; None once left
+    joined_at: datetime
+
+
+class CourseWaitingOut(msgspec.Struct):
+    """A place in a course's waitlist as its venue sees it: the phone masked (138****0001)."""
+
+    position: int  # 1 = next to get a freed seat
+    resident_id: str
+    phone: str  # masked; a resident without a phone on file: the id, shortened
     joined_at: datetime
 
 
@@ -76,6 +86,17 @@ SELECT 1 FROM bookings WHERE course_id = $1 AND resident_id = $2
   AND booking_active(status)
 """
 
+COURSE_VENUE = "SELECT venue_id FROM courses WHERE id = $1"
+COURSE_QUEUE = """
+SELECT row_number() OVER (ORDER BY w.id) AS position, w.resident_id, r.phone, w.joined_at
+FROM waitlist w LEFT JOIN residents r ON r.id = w.resident_id
+WHERE w.course_id = $1 AND w.status = 'waiting' ORDER BY w.id
+"""
+WAITING_COUNTS = """
+SELECT course_id, count(*) AS waiting FROM waitlist
+WHERE course_id = ANY($1::bigint[]) AND status = 'waiting' GROUP BY course_id
+"""
+
 
 def entry_out(row: asyncpg.Record) -> WaitlistEntryOut:
     waiting = row["status"] == "waiting"
@@ -103,6 +124,25 @@ class Waitlist:
     async def of_resident(self, resident_id: str) -> list[WaitlistEntryOut]:
         """Every course the resident waits for, with the current position, newest first."""
         return [entry_out(row) for row in await self.pool.fetch(MY_PLACES, resident_id)]
+
+    async def of_course(self, course_id: int,
+                        principal: Principal) -> list[CourseWaitingOut]:
+        """Who waits for a course, first in line first, phones masked: for its venue or an
+        operator."""
+        venue_id = await self.pool.fetchval(COURSE_VENUE, course_id) \
+            if storable_id(course_id) else None
+        if venue_id is None:
+            raise NotFound.of("course")
+        check_owner(principal, venue_id)
+        rows = await self.pool.fetch(COURSE_QUEUE, course_id)
+        return [CourseWaitingOut(int(row["position"]), row["resident_id"],
+                                 masked_phone(row["phone"], row["resident_id"]),
+                                 row["joined_at"]) for row in rows]
+
+    async def waiting_counts(self, course_ids: list[int]) -> dict[int, int]:
+        """How many wait per course (courses nobody waits for are left out)."""
+        rows = await self.pool.fetch(WAITING_COUNTS, course_ids)
+        return {row["course_id"]: row["waiting"] for row in rows}
 
     async def _mine(self, course_id: int, resident_id: str) -> asyncpg.Record | None:
         if not storable_id(course_id):
@@ -209,4 +249,14 @@ async def leave_waitlist(request: Caller, course_id: CourseId,
     return await waitlist.leave(course_id, request.user.sub)
 
 
-HANDLERS: list[Any] = [join_waitlist, my_waitlist_place, my_waitlist, leave_waitlist]
+@get("/v1/courses/{course_id:int}/waitlist", operation_id="courseWaitlist", tags=["waitlist"],
+     **requires("venue", "operator", errors=(404,)))
+async def course_waitlist(request: Caller, course_id: CourseId,
+                          waitlist: NamedDependency[Waitlist]) -> list[CourseWaitingOut]:
+    """Who waits for a course, first in line first, each phone masked (138****0001): its
+    venue or an operator; the venue's roster page shows these."""
+    return await waitlist.of_course(course_id, request.user)
+
+
+HANDLERS: list[Any] = [join_waitlist, my_waitlist_place, my_waitlist, leave_waitlist,
+                       course_waitlist]

@@ -339,3 +339,22 @@ async def test_unicode_in_every_string_comes_back_as_sent(http):
     assert [c["id"] for c in listed] == [course.json()["id"]]
     booked = await grab(http, course.json()["id"], "居民-" + text)
     assert booked.status_code == 201 and booked.json()["resident_id"] == "居民-" + text
+
+
+async def test_a_course_has_weekly_lessons_and_a_code_unique_within_its_venue(http):
+    venue_id = await make_venue(http)
+    code = unique("A")[:40]
+    course = await make_course(http, 5, venue_id=venue_id, lessons=12, code=code)
+    assert (course["lessons"], course["code"]) == (12, code)
+    again = await http.post("/v1/courses", json=course_body(venue_id, 5, code=code),
+                            headers=OPERATOR)
+    assert (again.status_code, again.json()["code"]) == (409, "code_taken")
+    elsewhere = await make_course(http, 5, code=code)  # another venue may use the same code
+    assert elsewhere["code"] == code
+    for lessons in (0, 53):
+        bad = await http.post("/v1/courses", json=course_body(venue_id, 5, lessons=lessons),
+                              headers=OPERATOR)
+        assert bad.status_code == 400
+    patched = await http.patch(f"/v1/courses/{course['id']}", json={"lessons": 2},
+                               headers=OPERATOR)
+    assert patched.json()["lessons"] == 2

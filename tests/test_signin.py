@@ -141,7 +141,7 @@ async def test_bad_phones_roles_and_bodies_are_refused(http, db):
 
     phone = new_phone()
     refusals = {
-        "role_not_supported": await token_for(http, phone, "123456", role="venue"),
+        "role_not_supported": await token_for(http, phone, "123456", role="operator"),
         "code_expired": await token_for(http, phone, "123456"),  # no code was ever sent
         "invalid_code": await token_for(http, phone, "12a456"),
     }

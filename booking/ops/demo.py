@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -39,6 +40,8 @@ HOT_COURSES = 6
 HOT_SEATS = 20
 PAID_EVERY = 5  # every fifth of the other courses is paid: a grab holds the seat until paid
 PRICE_CENTS = 3800
+SAMPLE_TERM = Path(__file__).with_name("sample_term.csv")  # a dozen courses of a spring term
+STAFF_PHONE = "13800000002"  # signs in at /venue/login as the first teaching point's staff
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,7 @@ class DemoTerm:
     opens_at: datetime
     paid_course_id: int | None
     loaded: bool  # False when the database already had data and was left as it was
+    staff_venue_id: int | None = None  # the venue STAFF_PHONE is linked to, if any
 
 
 async def load_demo(conn: asyncpg.Connection, opens_in_s: float = 60,
@@ -59,7 +63,10 @@ async def load_demo(conn: asyncpg.Connection, opens_in_s: float = 60,
         hot = await conn.fetch("SELECT id FROM courses WHERE capacity = $1 ORDER BY id LIMIT $2",
                                HOT_SEATS, HOT_COURSES)
         paid = await conn.fetchval("SELECT min(id) FROM courses WHERE price_cents > 0")
-        return DemoTerm(0, 0, [r["id"] for r in hot], opens_at, paid, loaded=False)
+        staff_venue = await conn.fetchval("SELECT venue_id FROM venue_staff WHERE phone = $1",
+                                          STAFF_PHONE)
+        return DemoTerm(0, 0, [r["id"] for r in hot], opens_at, paid, loaded=False,
+                        staff_venue_id=staff_venue)
     rng = random.Random(2026)
     async with conn.transaction():
         venue_ids = []
@@ -72,6 +79,8 @@ async def load_demo(conn: asyncpg.Connection, opens_in_s: float = 60,
                 f"{district.split()[1]} Road {10 + i}",
                 CENTRES[district][0] + rng.uniform(-SPREAD_DEG, SPREAD_DEG),
                 CENTRES[district][1] + rng.uniform(-SPREAD_DEG, SPREAD_DEG)))
+        await conn.execute("INSERT INTO venue_staff (phone, venue_id) VALUES ($1, $2) "
+                           "ON CONFLICT (phone) DO NOTHING", STAFF_PHONE, venue_ids[0])
         course_ids = []
         for i in range(courses):
             title, category = CLASSES[i % len(CLASSES)]
@@ -86,7 +95,8 @@ async def load_demo(conn: asyncpg.Connection, opens_in_s: float = 60,
                 "An evening class of the city night school.", starts,
                 starts + timedelta(hours=2), capacity, price, opens_at))
     paid = course_ids[HOT_COURSES + (-HOT_COURSES) % PAID_EVERY]
-    return DemoTerm(venues, courses, course_ids[:HOT_COURSES], opens_at, paid, loaded=True)
+    return DemoTerm(venues, courses, course_ids[:HOT_COURSES], opens_at, paid, loaded=True,
+                    staff_venue_id=venue_ids[0])
 
 
 async def run_crowd(base_url: str, secret: str, term: DemoTerm, residents: int) -> None:
@@ -166,6 +176,7 @@ def print_demo(settings: Settings, term: DemoTerm) -> None:
                if settings.login_codes == "log" else
                f"Demo phone {phone}: its code leaves through the outbox (kind login_code) to "
                "BOOKING_WEBHOOK_URL; BOOKING_LOGIN_CODES=log shows codes in this log instead.")
+    staff = _staff_lines(settings, term, base)
     print(f"""
 Demo term {state}. Sales open at {term.opens_at:%H:%M:%S} UTC (hot courses: {term.hot_course_ids}).
   export TOKEN={resident}
@@ -184,5 +195,25 @@ Pages for residents: {base}/  (sign in at {base}/login)
   {sign_in}
   By API: curl -s -X POST {base}/v1/auth/codes -d '{{"phone": "{phone}"}}'
           curl -s -X POST {base}/v1/auth/tokens -d '{{"phone": "{phone}", "code": "<code>"}}'
-""", flush=True)
+{staff}""", flush=True)
+
+
+def _staff_lines(settings: Settings, term: DemoTerm, base: str) -> str:
+    """How to try the venue's desk as the demo's staff phone."""
+    if term.staff_venue_id is None:
+        return (f"Venue staff: link a phone first (booking token operator, then POST "
+                f"{base}/v1/venues/<venue id>/staff {{\"phone\": ...}}); they sign in at "
+                f"{base}/venue/login.\n")
+    where = ("its six-digit code appears in this log, on a line holding "
+             f"`login_code phone_last4={STAFF_PHONE[-4:]} code=...`"
+             if settings.login_codes == "log" else
+             "its code leaves through the outbox, like a resident's")
+    return f"""
+The venue's desk: {base}/venue  (staff sign in at {base}/venue/login)
+  Demo staff phone {STAFF_PHONE}, staff of teaching point {term.staff_venue_id}: {where}.
+  By API: curl -s -X POST {base}/v1/auth/codes -d '{{"phone": "{STAFF_PHONE}"}}'
+          curl -s -X POST {base}/v1/auth/tokens \\
+               -d '{{"phone": "{STAFF_PHONE}", "code": "<code>", "role": "venue"}}'
+  A sample term to import at {base}/venue/import: {SAMPLE_TERM}
+"""
 

@@ -2,6 +2,11 @@
 code leaves the API's own token in an HttpOnly cookie. The same `SignIn` service answers
 `POST /v1/auth/codes` and `/v1/auth/tokens`.
 
+Venue staff sign in the same way at `/venue/login` (the same template, flagged `staff`): the
+right code of a phone an operator linked to a venue leaves a `venue` token in the same cookie
+(replacing a resident's sign-in) and goes on to `/venue`; a phone linked to no venue is told so
+beside the phone field, and no cookie is set.
+
 `POST /login` answers with the code form itself (the phone it needs stays in that form); asked
 again within the minute (a reload), it shows the same form and sends nothing.
 """
@@ -23,6 +28,7 @@ from booking.signin import CODE_LIFETIME_S, CODE_TRIES, SignIn, clean_phone
 from booking.web.render import TOKEN_COOKIE, local_path, page, see_other, visitor
 
 HOME = "/me/bookings"
+VENUE_HOME = "/venue"
 
 
 class PhoneForm(msgspec.Struct):
@@ -40,12 +46,15 @@ Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 
 
 def _login_page(request: Request, step: str, *, next_path: str | None, phone: str = "",
-                error: str | None = None, note: str | None = None,
+                error: str | None = None, note: str | None = None, staff: bool = False,
                 status_code: int = 200) -> Template:
-    """The sign-in page at one of its steps: `phone`, `code` or `signed_in`."""
+    """The sign-in page at one of its steps: `phone`, `code` or `signed_in`; `staff` for the
+    venue staff's sign-in at `/venue/login`."""
+    home = VENUE_HOME if staff else HOME
     return page(request, "login.html", status_code=status_code, step=step, phone=phone,
-                next=local_path(next_path, HOME), error=error, note=note, tries=CODE_TRIES,
-                code_minutes=CODE_LIFETIME_S // 60)
+                next=local_path(next_path, home), home=home, error=error, note=note,
+                tries=CODE_TRIES, code_minutes=CODE_LIFETIME_S // 60, staff=staff,
+                action="/venue/login" if staff else "/login")
 
 
 @get("/login", name="login")
@@ -56,10 +65,31 @@ async def login(request: Request) -> Template:
     return _login_page(request, step, next_path=next_path)
 
 
+@get("/venue/login", name="venue_login")
+async def venue_login(request: Request) -> Template:
+    """The staff's phone form, or a word that this visitor is signed in as staff already."""
+    next_path = request.query_params.get("next")
+    step = "signed_in" if visitor(request).venue_id else "phone"
+    return _login_page(request, step, next_path=next_path, staff=True)
+
+
 @post("/login", name="send_code", status_code=200)
 async def send_code(request: Request, data: Annotated[PhoneForm, Form],
                     signin: NamedDependency[SignIn]) -> Template:
     """Send a code to the phone typed, then ask for it."""
+    return await _send_code(request, data, signin, staff=False)
+
+
+@post("/venue/login", name="send_staff_code", status_code=200)
+async def send_staff_code(request: Request, data: Annotated[PhoneForm, Form],
+                          signin: NamedDependency[SignIn]) -> Template:
+    """The staff's code: sent to any phone as for residents; the token decides (see
+    `check_staff_code`)."""
+    return await _send_code(request, data, signin, staff=True)
+
+
+async def _send_code(request: Request, data: PhoneForm, signin: SignIn, *,
+                     staff: bool) -> Template:
     _ = visitor(request).words.gettext
     phone = clean_phone(data.phone)
     try:
@@ -68,7 +98,8 @@ async def send_code(request: Request, data: Annotated[PhoneForm, Form],
         if exc.code == "too_soon":  # the code sent a moment ago still works
             note = _("验证码刚刚已发送，请查看短信。%(n)s 秒后可以重新获取。") % {
                 "n": exc.extra.get("retry_after_s", 60)}
-            return _login_page(request, "code", next_path=data.next, phone=phone, note=note)
+            return _login_page(request, "code", next_path=data.next, phone=phone, note=note,
+                               staff=staff)
         if exc.code == "invalid_phone":
             error = _("请输入 11 位手机号码，例如 13800000001。")
         elif exc.code == "rate_limited":
@@ -77,24 +108,38 @@ async def send_code(request: Request, data: Annotated[PhoneForm, Form],
         else:
             raise
         return _login_page(request, "phone", next_path=data.next, phone=phone, error=error,
-                           status_code=exc.status_code)
+                           staff=staff, status_code=exc.status_code)
     note = _("验证码已发送到 %(phone)s，%(minutes)s 分钟内有效。") % {
         "phone": sent.phone, "minutes": sent.expires_in_s // 60}
-    return _login_page(request, "code", next_path=data.next, phone=sent.phone, note=note)
+    return _login_page(request, "code", next_path=data.next, phone=sent.phone, note=note,
+                       staff=staff)
 
 
 @post("/login/code", name="check_code", status_code=303)
 async def check_code(request: Request, data: Annotated[CodeForm, Form],
                      signin: NamedDependency[SignIn]) -> Redirect | Template:
     """The right code: the token in a cookie, then on to `next`; else the form and why not."""
+    return await _check_code(request, data, signin, staff=False)
+
+
+@post("/venue/login/code", name="check_staff_code", status_code=303)
+async def check_staff_code(request: Request, data: Annotated[CodeForm, Form],
+                           signin: NamedDependency[SignIn]) -> Redirect | Template:
+    """A linked staff phone's right code: the venue token in the cookie, then on to `next`
+    (the desk by default); a phone linked to no venue is told so beside the phone field."""
+    return await _check_code(request, data, signin, staff=True)
+
+
+async def _check_code(request: Request, data: CodeForm, signin: SignIn, *,
+                      staff: bool) -> Redirect | Template:
     try:
-        signed = await signin.sign_in(data.phone, data.code, "resident")
+        signed = await signin.sign_in(data.phone, data.code, "venue" if staff else "resident")
     except ApiError as exc:
         error = _code_refusal(request, exc)
-        step = "phone" if exc.code == "invalid_phone" else "code"
+        step = "phone" if exc.code in ("invalid_phone", "not_staff") else "code"
         return _login_page(request, step, next_path=data.next, phone=clean_phone(data.phone),
-                           error=error, status_code=exc.status_code)
-    response = see_other(local_path(data.next, HOME), request)
+                           error=error, staff=staff, status_code=exc.status_code)
+    response = see_other(local_path(data.next, VENUE_HOME if staff else HOME), request)
     response.set_cookie(_token_cookie(request, signed.token, signed.expires_in_s))
     return response
 
@@ -120,6 +165,7 @@ def _code_refusal(request: Request, exc: ApiError) -> str:
         "too_many_tries": _("错误次数太多，请重新获取验证码。"),
         "invalid_code": _("请输入短信里的 6 位数字。"),
         "invalid_phone": _("请输入 11 位手机号码，例如 13800000001。"),
+        "not_staff": _("这个手机号没有登记为教学点工作人员，请联系管理员登记。"),
     }
     if exc.code not in messages:
         raise exc
@@ -136,4 +182,5 @@ def _address(request: Request) -> str:
     return request.client.host if request.client else "-"
 
 
-HANDLERS: list[Any] = [login, send_code, check_code, logout]
+HANDLERS: list[Any] = [login, send_code, check_code, logout, venue_login, send_staff_code,
+                       check_staff_code]
