@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from conftest import SECRET, auth, cancel, grab, make_course, make_venue, resident, unique
+from nojs import page_client
 
 from booking.checkin import checkin_token
 from booking.core.auth import mint
@@ -238,9 +239,8 @@ async def test_each_lesson_of_a_booking_is_its_own_attendance(server, http, db):
 @asynccontextmanager
 async def desk(server: str, venue_id: int | None) -> AsyncIterator[httpx.AsyncClient]:
     """A browser without JavaScript signed in as staff of `venue_id` (None: signed out)."""
-    cookies = {"booking_token": mint(SECRET, "venue", "staff-desk", venue_id=venue_id)} \
-        if venue_id else {}
-    async with httpx.AsyncClient(base_url=server, cookies=cookies, timeout=30) as client:
+    token = mint(SECRET, "venue", "staff-desk", venue_id=venue_id) if venue_id else None
+    async with page_client(server, token) as client:
         yield client
 
 

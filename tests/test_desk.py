@@ -11,8 +11,6 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from html.parser import HTMLParser
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -28,6 +26,7 @@ from conftest import (
     unique,
     wait_for,
 )
+from nojs import page_client, submit
 
 from booking.core.auth import mint
 
@@ -36,48 +35,12 @@ TOKEN_COOKIE = "booking_token"
 
 # --- a browser without JavaScript, signed in as a venue's staff -------------------------------
 
-class Forms(HTMLParser):
-    """The forms of a page by id: action, method and their hidden fields."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.forms: dict[str, dict[str, Any]] = {}
-        self._open: dict[str, Any] | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        seen = dict(attrs)
-        if tag == "form":
-            self._open = {"action": seen.get("action"), "method": seen.get("method"),
-                          "fields": {}}
-            self.forms[seen.get("id") or f"form-{len(self.forms)}"] = self._open
-        elif tag == "input" and self._open is not None and seen.get("type") == "hidden":
-            self._open["fields"][seen.get("name")] = seen.get("value") or ""
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "form":
-            self._open = None
-
-
 @asynccontextmanager
 async def desk(server: str, venue_id: int | None) -> AsyncIterator[httpx.AsyncClient]:
-    """A cookie-keeping client signed in as staff of `venue_id` (None: signed out); it does
-    not follow redirects, so each 303 can be looked at."""
-    cookies = {TOKEN_COOKIE: mint(SECRET, "venue", "staff-x", venue_id=venue_id)} \
-        if venue_id else {}
-    async with httpx.AsyncClient(base_url=server, cookies=cookies, timeout=30) as client:
+    """A browser without JavaScript signed in as staff of `venue_id` (None: signed out)."""
+    token = mint(SECRET, "venue", "staff-x", venue_id=venue_id) if venue_id else None
+    async with page_client(server, token) as client:
         yield client
-
-
-async def submit(client: httpx.AsyncClient, page: str, form_id: str,
-                 **fields: str) -> httpx.Response:
-    """Load `page`, then send its form `form_id` as a browser would (its hidden fields too)."""
-    shown = await client.get(page)
-    assert shown.status_code == 200, shown.text
-    parser = Forms()
-    parser.feed(shown.text)
-    form = parser.forms[form_id]
-    assert form["method"] == "post"
-    return await client.post(form["action"], data={**form["fields"], **fields})
 
 
 def seats_shown(html: str, course_id: int) -> int | None:

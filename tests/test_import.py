@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import openpyxl
 from conftest import OPERATOR, SECRET, gate_left, grab, make_venue, resident, unique
+from nojs import page_client
 
 from booking.core.auth import mint
 
@@ -86,8 +87,7 @@ async def courses_of(db, venue_id: int) -> list:
 async def desk(server: str, venue_id: int | None) -> AsyncIterator[httpx.AsyncClient]:
     """A browser-like client signed in as staff of `venue_id` (None: as a resident)."""
     token = staff_token(venue_id) if venue_id else mint(SECRET, "resident", unique("r"))
-    async with httpx.AsyncClient(base_url=server, cookies={"booking_token": token},
-                                 timeout=30) as client:
+    async with page_client(server, token) as client:
         shown = await client.get("/venue/import")
         if venue_id:
             assert shown.status_code == 200, shown.text

@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,6 +26,7 @@ from conftest import (
     resident,
     unique,
 )
+from nojs import forms_of, page_client, submit
 
 from booking.app import create_app
 from booking.checkin import checkin_code
@@ -41,51 +41,11 @@ TOKEN_COOKIE = "booking_token"
 
 # --- a browser without JavaScript -------------------------------------------------------------
 
-class Forms(HTMLParser):
-    """The forms of a page by id: action, method and their hidden fields."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.forms: dict[str, dict[str, Any]] = {}
-        self._open: dict[str, Any] | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        seen = dict(attrs)
-        if tag == "form":
-            self._open = {"action": seen.get("action"), "method": seen.get("method"),
-                          "fields": {}}
-            self.forms[seen.get("id") or f"form-{len(self.forms)}"] = self._open
-        elif tag == "input" and self._open is not None and seen.get("type") == "hidden":
-            self._open["fields"][seen.get("name")] = seen.get("value") or ""
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "form":
-            self._open = None
-
-
-def forms_of(html: str) -> dict[str, dict[str, Any]]:
-    parser = Forms()
-    parser.feed(html)
-    return parser.forms
-
-
 @asynccontextmanager
 async def browser(server: str, who: str | None) -> AsyncIterator[httpx.AsyncClient]:
-    """A client keeping cookies like a browser, signed in as resident `who` (None: signed
-    out); it does not follow redirects, so each 303 can be looked at."""
-    cookies = {TOKEN_COOKIE: mint(SECRET, "resident", who)} if who else {}
-    async with httpx.AsyncClient(base_url=server, cookies=cookies, timeout=30) as client:
+    """A browser without JavaScript signed in as resident `who` (None: signed out)."""
+    async with page_client(server, mint(SECRET, "resident", who) if who else None) as client:
         yield client
-
-
-async def submit(client: httpx.AsyncClient, page: str, form_id: str,
-                 **fields: str) -> httpx.Response:
-    """Load `page`, then send its form `form_id` as a browser would (its hidden fields too)."""
-    shown = await client.get(page)
-    assert shown.status_code == 200, shown.text
-    form = forms_of(shown.text)[form_id]
-    assert form["method"] == "post"
-    return await client.post(form["action"], data={**form["fields"], **fields})
 
 
 def result_of(html: str) -> str:
