@@ -24,7 +24,7 @@ from jwt.api_jws import PyJWS
 from booking.core.auth import mint
 from booking.core.settings import ConfigError, Settings
 from booking.record import RecordSigner
-from booking.web.my_record import safe_cell
+from booking.web.spreadsheet import safe_cell
 
 FORMULA_TITLES = ['=HYPERLINK("x")', "+1", "-1", "@a"]
 DAY = date(2025, 3, 4)

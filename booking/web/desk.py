@@ -8,8 +8,6 @@ Each page calls the service its `/v1` twin calls: the dashboard `GET /v1/courses
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -30,6 +28,7 @@ from booking.venues import Venues
 from booking.waitlist import CourseWaitingOut, Waitlist
 from booking.web.i18n import BEIJING
 from booking.web.render import page, see_other, staff_sign_in_first, visitor
+from booking.web.spreadsheet import csv_bytes
 
 DESK = "/venue"
 NEW_COURSE = "/venue/courses/new"
@@ -38,7 +37,6 @@ REQUIRED = ("title", "category", "teacher", "starts_at", "ends_at", "capacity",
             "sales_open_at")
 MOMENTS = ("starts_at", "ends_at", "sales_open_at", "cancel_deadline")
 LOCAL_FORMATS = ("%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M")
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 CSV_TIME = "%Y-%m-%d %H:%M"
 
 
@@ -239,29 +237,18 @@ async def roster(request: Request, course_id: int, courses: NamedDependency[Cour
                 checkins=sum(entry.checkins for entry in entries))
 
 
-def safe_cell(value: object) -> str:
-    """A cell a spreadsheet shows as text, never runs as a formula (CSV injection)."""
-    text = str(value)
-    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
-
-
 def roster_csv(course: CourseOut, entries: list[RosterEntryOut],
                places: list[CourseWaitingOut], _: Any) -> bytes:
     """UTF-8 with a BOM (so Excel reads the Chinese), every cell formula-safe."""
     status = {"confirmed": _("已确认"), "held": _("待付款")}
-    out = io.StringIO()
-    sheet = csv.writer(out)
-    sheet.writerow([_("课程"), _("名单"), _("序号"), _("手机号"), _("状态"), _("时间"),
-                    _("签到次数")])
-    for n, entry in enumerate(entries, start=1):
-        sheet.writerow([safe_cell(cell) for cell in (
-            course.title, _("预约"), n, entry.phone, status.get(entry.status, entry.status),
-            entry.created_at.astimezone(BEIJING).strftime(CSV_TIME), entry.checkins)])
-    for place in places:
-        sheet.writerow([safe_cell(cell) for cell in (
-            course.title, _("候补"), place.position, place.phone, _("候补中"),
-            place.joined_at.astimezone(BEIJING).strftime(CSV_TIME), "")])
-    return ("\ufeff" + out.getvalue()).encode()
+    rows: list[list[object]] = [[_("课程"), _("名单"), _("序号"), _("手机号"), _("状态"),
+                                 _("时间"), _("签到次数")]]
+    rows += [[course.title, _("预约"), n, entry.phone, status.get(entry.status, entry.status),
+              entry.created_at.astimezone(BEIJING).strftime(CSV_TIME), entry.checkins]
+             for n, entry in enumerate(entries, start=1)]
+    rows += [[course.title, _("候补"), place.position, place.phone, _("候补中"),
+              place.joined_at.astimezone(BEIJING).strftime(CSV_TIME), ""] for place in places]
+    return csv_bytes(rows)
 
 
 @get("/venue/courses/{course_id:int}/roster.csv", name="desk_roster_csv")

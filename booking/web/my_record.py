@@ -9,8 +9,6 @@ a leading `'`, so a spreadsheet shows it as text instead of running it.
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any
 
 import msgspec
@@ -20,10 +18,9 @@ from litestar.response import Redirect, Template
 
 from booking.record import Record, Records
 from booking.web.render import page, sign_in_first, visitor
+from booking.web.spreadsheet import csv_bytes
 
 MY_RECORD = "/me/record"
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-BOM = "\ufeff"
 
 
 @get(MY_RECORD, name="my_record")
@@ -64,22 +61,12 @@ async def my_record_csv(request: Request, records: NamedDependency[Records]
                              "Content-Disposition": 'attachment; filename="learning-record.csv"'})
 
 
-def safe_cell(value: object) -> str:
-    """A cell a spreadsheet shows as text: a leading `'` before a formula's first character."""
-    text = str(value)
-    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
-
-
 def record_csv(record: Record, headings: list[str], total_label: str) -> bytes:
-    """UTF-8 with a BOM (so Excel reads it as UTF-8), CRLF lines, every cell formula-safe."""
-    out = io.StringIO()
-    writer = csv.writer(out)
+    """The record as a spreadsheet: a line per lesson, then the total."""
     rows: list[list[object]] = [
         [entry.date, entry.course_id, entry.course_title, entry.venue_id, entry.venue_name,
          entry.hours] for entry in record.entries]
-    for row in [headings, *rows, [total_label, "", "", "", "", record.total_hours]]:
-        writer.writerow([safe_cell(cell) for cell in row])
-    return (BOM + out.getvalue()).encode("utf-8")
+    return csv_bytes([headings, *rows, [total_label, "", "", "", "", record.total_hours]])
 
 
 HANDLERS: list[Any] = [my_record, my_record_json, my_record_csv]
