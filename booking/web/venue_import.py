@@ -120,7 +120,7 @@ def file_sentence(request: Request, exc: ApiError) -> str:
     """Why a whole file was refused, in words."""
     _ = visitor(request).words.gettext
     labels = column_labels(request)
-    columns = "、".join(labels.get(name, name) for name in exc.extra.get("columns", []))
+    columns = _("、").join(labels.get(name, name) for name in exc.extra.get("columns", []))
     sentences = {
         "body_too_large": _("文件超过 %(mb)s MB，请分成几个文件导入。") % {
             "mb": MAX_FILE_BYTES // (1024 * 1024)},
