@@ -26,6 +26,20 @@ TITLE, CATEGORY, TEACHER, ABOUT = "书法入门", "书法", "李老师", "从握
 DATA_WORDS = (VENUE, DISTRICT, ADDRESS, TITLE, CATEGORY, TEACHER, ABOUT)
 
 
+# the venue's desk (issue 12) --------------------------------------------------------------
+
+STAFF_PREFIX = "staff@"  # `Api.staff(venue_id)`'s names: `token()` mints a venue token for them
+
+
+def lesson_now_fields(minutes_ahead: int = 5) -> dict[str, Any]:
+    """A one-lesson course that starts `minutes_ahead` from now (check-in opens 60 minutes
+    before a lesson), on sale since a minute ago."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    starts = now + timedelta(minutes=minutes_ahead)
+    return {"starts_at": starts.isoformat(), "ends_at": (starts + timedelta(hours=2)).isoformat(),
+            "sales_open_at": (now - timedelta(minutes=1)).isoformat(), "lessons": 1}
+
+
 def tag() -> str:
     """A short random tag that makes names unique across tests and runs."""
     return secrets.token_hex(3)
@@ -71,7 +85,11 @@ class Api:
         return f"senior-{tag()}"
 
     def token(self, resident: str) -> str:
-        """The sign-in cookie's value: the same JWT the API takes as Bearer."""
+        """The sign-in cookie's value: the same JWT the API takes as Bearer (a `venue` token
+        for a name of `staff(venue_id)`)."""
+        if resident.startswith(STAFF_PREFIX):
+            return mint(self.secret, "venue", "staff-x",
+                        venue_id=int(resident.removeprefix(STAFF_PREFIX)))
         return mint(self.secret, "resident", resident)
 
     def _as(self, resident: str) -> dict[str, str]:
@@ -89,6 +107,42 @@ class Api:
                                   headers=self._as(resident))
         assert response.status_code in (200, 201), f"waitlist {course_id}: {response.text}"
         return response.json()
+
+    # the venue's desk: staff of a venue, check-ins (issue 12)
+
+    def staff(self, venue_id: int) -> str:
+        """A signed-in name for `Visit.resident`: staff of `venue_id`."""
+        return f"{STAFF_PREFIX}{venue_id}"
+
+    def as_staff(self, venue_id: int) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(self.staff(venue_id))}"}
+
+    def link_staff(self, venue_id: int, phone: str) -> dict[str, Any]:
+        return self._created(f"/v1/venues/{venue_id}/staff", {"phone": phone})
+
+    def lesson_now(self, venue_id: int, **fields: Any) -> dict[str, Any]:
+        """A course of `venue_id` whose one lesson starts in a few minutes."""
+        return self.course(venue_id=venue_id, **{**lesson_now_fields(), **fields})
+
+    def checkin_of(self, booking_id: str, resident: str) -> dict[str, Any]:
+        """`GET /v1/bookings/{id}/checkin` as its resident: `{token, code, ...}`."""
+        answer = self.http.get(f"/v1/bookings/{booking_id}/checkin", headers=self._as(resident))
+        assert answer.status_code == 200, f"checkin of {booking_id}: {answer.text}"
+        return answer.json()
+
+    def check_in(self, venue_id: int, **token_or_code: str) -> httpx.Response:
+        """`POST /v1/checkins {token}` or `{code}` as staff of `venue_id`."""
+        return self.http.post("/v1/checkins", json=token_or_code,
+                              headers=self.as_staff(venue_id))
+
+    def attended(self, venue_id: int) -> tuple[str, dict[str, Any]]:
+        """A resident checked in to a lesson at `venue_id` that is on now: (resident, course)."""
+        me = self.resident()
+        course = self.lesson_now(venue_id)
+        booking = self.grab(course["id"], me)
+        checked = self.check_in(venue_id, token=self.checkin_of(booking["id"], me)["token"])
+        assert checked.status_code == 201, f"check in: {checked.status_code} {checked.text}"
+        return me, course
 
     def sold_out(self, **fields: Any) -> dict[str, Any]:
         """A one-seat course whose seat someone else took."""
