@@ -397,7 +397,7 @@ async def cancel_everyone(conn: asyncpg.Connection, course_id: int) -> None:
 # --- /v1 --------------------------------------------------------------------------------------
 
 @post("/v1/courses", operation_id="createCourse", tags=["courses"],
-      **requires("venue", "operator", errors=(404, 413)))
+      **requires("venue", "operator", errors=(404, 409, 413)))
 async def create_course(request: Request[Principal, Any, State], data: CourseIn,
                         courses: NamedDependency[Courses]) -> CourseOut:
     """Publish a course. A venue publishes for itself; an operator names the venue_id."""

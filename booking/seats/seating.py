@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-from booking.core.errors import ApiError, Conflict, NotFound
+from booking.core.errors import ApiError, Conflict, NotFound, Unavailable
 from booking.core.fields import storable_id
 from booking.seats.gate import Decision, Outcome, SeatGate
 from booking.seats.memory import REMEMBERED, GateMemory
@@ -25,6 +25,7 @@ from booking.seats.reconcile import CourseLoader
 
 NO_COURSE = Decision(Outcome.NO_COURSE)
 ASK_ONLY = 0  # a waitlist id no row has (ids start at 1): wait.lua only answers
+LOADS = 3  # loads of a course the gate keeps losing before a grab is told to retry
 
 
 class Seats:
@@ -56,11 +57,15 @@ class Seats:
                                                                    waitlist_id))
 
     async def _asked(self, course_id: int, ask: Callable[[], Awaitable[Decision]]) -> Decision:
-        """The gate's decision; a course it does not know is loaded once and asked again."""
+        """The gate's decision; a course it does not know is loaded and asked again. Redis can
+        lose the course again between the load and the ask (a FLUSHALL, a failover): after
+        LOADS tries the answer stays MISSING, which `refusal` turns into a 503 to retry."""
         if not storable_id(course_id):
             return NO_COURSE
         decision = await ask()
-        if decision.outcome is Outcome.MISSING:
+        for _ in range(LOADS):
+            if decision.outcome is not Outcome.MISSING:
+                break
             if await self.loader.load(course_id) is None:
                 return NO_COURSE
             decision = await ask()
@@ -92,6 +97,7 @@ ALREADY_BOOKED = Conflict("You already hold a seat in that course.", code="alrea
 SEATS_AVAILABLE = Conflict("This course has a free seat: grab it instead of waiting.",
                            code="seats_available")
 NO_SUCH_COURSE = NotFound.of("course")
+GATE_RELOADING = Unavailable("The seats of this course are being reloaded; please try again.")
 
 _REFUSALS: dict[Outcome, Callable[[Decision], ApiError]] = {
     Outcome.SOLD_OUT: lambda _: SOLD_OUT,
@@ -100,6 +106,7 @@ _REFUSALS: dict[Outcome, Callable[[Decision], ApiError]] = {
     Outcome.NO_COURSE: lambda _: NO_SUCH_COURSE,
     Outcome.HELD: lambda _: ALREADY_BOOKED,
     Outcome.SEATS_AVAILABLE: lambda _: SEATS_AVAILABLE,
+    Outcome.MISSING: lambda _: GATE_RELOADING,
 }
 
 
