@@ -23,6 +23,7 @@ from litestar import Request, Response, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
+from litestar.params import JSONBody
 
 from booking.checkin import booking_of_token, code_matches
 from booking.core.auth import Principal, requires
@@ -176,7 +177,7 @@ Caller = Request[Principal, Any, State]
       **requires("venue", errors=(409,), also={
           200: ResponseSpec(AttendanceOut, description="Already checked in for this lesson: "
                                                        "the first check-in, nothing added")}))
-async def check_in(request: Caller, data: CheckinIn,
+async def check_in(request: Caller, data: JSONBody[CheckinIn],
                    attendance: NamedDependency[Attendance]) -> Response[AttendanceOut]:
     """Check a resident in at the door by the token of their booking's QR code or its typed
     8-character code: 201 with the attendance, 200 with the first one when already checked in

@@ -20,7 +20,7 @@ from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 
 from booking.checkin import checkin_code, checkin_token
 from booking.core.auth import Principal, check_owner, requires
@@ -390,7 +390,7 @@ async def grab_seat(request: Caller, course_id: CourseId,
 
 @delete("/v1/bookings/{booking_id:uuid}", operation_id="cancelBooking", tags=["bookings"],
         status_code=200, **requires("resident", errors=(404, 409)))
-async def cancel_booking(request: Caller, booking_id: uuid.UUID,
+async def cancel_booking(request: Caller, booking_id: FromPath[uuid.UUID],
                          bookings: NamedDependency[Bookings]) -> BookingOut:
     """Cancel your booking or hold (until the course's cancel deadline); the seat goes to the
     first resident waiting, or can be grabbed again at once."""
@@ -399,7 +399,7 @@ async def cancel_booking(request: Caller, booking_id: uuid.UUID,
 
 @post("/v1/bookings/{booking_id:uuid}/swap", operation_id="swapBooking", tags=["bookings"],
       status_code=201, **requires("resident", errors=(404, 409, 413, 429)))
-async def swap_booking(request: Caller, booking_id: uuid.UUID, data: SwapIn,
+async def swap_booking(request: Caller, booking_id: FromPath[uuid.UUID], data: JSONBody[SwapIn],
                        bookings: NamedDependency[Bookings]) -> BookingOut:
     """Trade your booking for a seat in another course in one step: 201 with the new booking
     (the old one cancelled, its seat to the waitlist), or 409 and you keep the old one."""
@@ -417,7 +417,7 @@ async def my_bookings(request: Caller, bookings: NamedDependency[Bookings]) -> l
 
 @get("/v1/bookings/{booking_id:uuid}/checkin", operation_id="bookingCheckin",
      tags=["bookings"], **requires("resident", errors=(404, 409)))
-async def booking_checkin(request: Caller, booking_id: uuid.UUID,
+async def booking_checkin(request: Caller, booking_id: FromPath[uuid.UUID],
                           bookings: NamedDependency[Bookings],
                           settings: NamedDependency[Settings]) -> CheckinOut:
     """The check-in token (what the QR code on your bookings page holds) and the 8-character

@@ -17,7 +17,7 @@ import msgspec
 from litestar import Request, get, patch, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import Parameter
+from litestar.params import FromQuery, JSONBody, Parameter
 
 from booking.core.auth import Principal, check_owner, requires
 from booking.core.errors import ApiError, Conflict, Forbidden, Invalid, NotFound, documented
@@ -398,7 +398,7 @@ async def cancel_everyone(conn: asyncpg.Connection, course_id: int) -> None:
 
 @post("/v1/courses", operation_id="createCourse", tags=["courses"],
       **requires("venue", "operator", errors=(404, 409, 413)))
-async def create_course(request: Request[Principal, Any, State], data: CourseIn,
+async def create_course(request: Request[Principal, Any, State], data: JSONBody[CourseIn],
                         courses: NamedDependency[Courses]) -> CourseOut:
     """Publish a course. A venue publishes for itself; an operator names the venue_id."""
     return await courses.create(data, request.user)
@@ -412,7 +412,7 @@ async def list_courses(
     venue_id: Annotated[int | None, Parameter(ge=1, le=MAX_ID)] = None,
     district: Annotated[str | None, Parameter(max_length=100, pattern=NO_NUL)] = None,
     category: Annotated[str | None, Parameter(max_length=60, pattern=NO_NUL)] = None,
-    available: bool | None = None,
+    available: FromQuery[bool | None] = None,
     weekday: Annotated[int | None, Parameter(
         ge=1, le=7, description="Day of the week the course starts, in Beijing time (UTC+8): "
         "1 Monday .. 7 Sunday.")] = None,
@@ -454,7 +454,8 @@ async def get_course(course_id: CourseId, courses: NamedDependency[Courses]) -> 
 @patch("/v1/courses/{course_id:int}", operation_id="updateCourse", tags=["courses"],
        **requires("venue", "operator", errors=(404, 409, 413)))
 async def update_course(request: Request[Principal, Any, State], course_id: CourseId,
-                        data: CoursePatch, courses: NamedDependency[Courses]) -> CourseOut:
+                        data: JSONBody[CoursePatch],
+                        courses: NamedDependency[Courses]) -> CourseOut:
     """Change a course: capacity (never below active bookings), times, texts, or cancel it."""
     return await courses.update(course_id, data, request.user)
 

@@ -31,7 +31,7 @@ from litestar import Request, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromQuery, Parameter
 
 from booking.core.auth import Principal, requires
 from booking.core.errors import ApiError, ErrorBody, Forbidden, NotFound
@@ -601,7 +601,8 @@ VenueId = Annotated[int, Parameter(ge=1, le=MAX_ID, description="Venue id")]
       status_code=200, request_max_body_size=MAX_FILE_BYTES,
       **requires("venue", "operator", errors=(404,), also=ANSWERS))
 async def import_term(request: Request[Principal, Any, State], venue_id: VenueId,
-                      imports: NamedDependency[Imports], dry_run: bool = False) -> ImportOut:
+                      imports: NamedDependency[Imports],
+                      dry_run: FromQuery[bool] = False) -> ImportOut:
     """Import a term: every row becomes a course of the venue, created, or updated when the
     venue already has a course with its `code`; all rows or none. `dry_run=true` answers the
     preview and writes nothing. Staff of the venue, or an operator.

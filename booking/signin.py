@@ -43,6 +43,7 @@ import msgspec
 from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
+from litestar.params import JSONBody
 
 from booking.core.auth import TOKEN_DAYS, mint
 from booking.core.errors import ApiError, ErrorBody, Forbidden, Invalid, RateLimited, documented
@@ -341,7 +342,7 @@ def _address(request: Request) -> str:
       responses=_errors("invalid_phone: not an 11-digit mainland mobile; invalid: a bad body",
                         "too_soon: a code went to this phone in the last 60 s; rate_limited: "
                         "too many codes from this address"))
-async def send_login_code(request: Request, data: LoginCodeIn,
+async def send_login_code(request: Request, data: JSONBody[LoginCodeIn],
                           signin: NamedDependency[SignIn]) -> CodeSentOut:
     """Send a six-digit sign-in code to a phone (valid 10 minutes, 5 tries); one per phone per
     60 s."""
@@ -356,7 +357,7 @@ async def send_login_code(request: Request, data: LoginCodeIn,
           "too_many_tries: ask for a new code"),
           403: ResponseSpec(ErrorBody, description="not_staff: role venue, and the phone is "
                             "linked to no venue (its code stays good for a resident)")})
-async def create_token(data: TokenIn, signin: NamedDependency[SignIn]) -> TokenOut:
+async def create_token(data: JSONBody[TokenIn], signin: NamedDependency[SignIn]) -> TokenOut:
     """Trade a phone's code for a bearer token: a resident's (the first sign-in creates them)
     or, with `role: venue`, a venue token for a staff phone an operator linked to a venue."""
     signed = await signin.sign_in(data.phone, data.code, data.role)

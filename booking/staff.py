@@ -20,7 +20,7 @@ from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 
 from booking.core.auth import Principal, requires
 from booking.core.errors import Conflict, Forbidden, NotFound
@@ -131,7 +131,7 @@ VenueId = Annotated[int, Parameter(description="Venue id")]
 @post("/v1/venues/{venue_id:int}/staff", operation_id="linkStaff", tags=["staff"],
       status_code=201, **requires("operator", errors=(404, 409, 413), also={
           200: ResponseSpec(StaffOut, description="The phone was linked to this venue already")}))
-async def link_staff(venue_id: VenueId, data: StaffIn,
+async def link_staff(venue_id: VenueId, data: JSONBody[StaffIn],
                      staff: NamedDependency[Staff]) -> Response[StaffOut]:
     """Link a staff phone to a venue (operators only): its owner may then sign in as the venue.
     201 when new, 200 when linked here already, 409 `staff_elsewhere` when another venue's."""
@@ -142,7 +142,7 @@ async def link_staff(venue_id: VenueId, data: StaffIn,
 
 @delete("/v1/venues/{venue_id:int}/staff/{phone:str}", operation_id="unlinkStaff",
         tags=["staff"], status_code=200, **requires("operator", errors=(404,)))
-async def unlink_staff(venue_id: VenueId, phone: str,
+async def unlink_staff(venue_id: VenueId, phone: FromPath[str],
                        staff: NamedDependency[Staff]) -> StaffOut:
     """Unlink a staff phone (operators only): no new venue token for it. Tokens it already holds
     stay good until they expire (30 days)."""

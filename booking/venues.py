@@ -12,7 +12,7 @@ import asyncpg
 import msgspec
 from litestar import get, post
 from litestar.di import NamedDependency
-from litestar.params import Parameter
+from litestar.params import JSONBody, Parameter
 
 from booking.core.auth import requires
 from booking.core.errors import NotFound, documented
@@ -93,7 +93,7 @@ class Venues:
 
 @post("/v1/venues", operation_id="createVenue", tags=["venues"],
       **requires("operator", errors=(413,)))
-async def create_venue(data: VenueIn, venues: NamedDependency[Venues]) -> VenueOut:
+async def create_venue(data: JSONBody[VenueIn], venues: NamedDependency[Venues]) -> VenueOut:
     """Add a teaching point (operators only). `lat`/`lon` are WGS-84: convert the GCJ-02
     coordinates that AMap (高德) and Tencent maps show (100-700 m off) before sending them."""
     return await venues.create(data)

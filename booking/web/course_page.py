@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 
 from litestar import Request, get, post
 from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from booking.bookings import BookingOut, Bookings, is_active
@@ -88,7 +89,7 @@ def countdown(words: Words, course: CourseOut) -> Countdown | None:
 # --- the course page --------------------------------------------------------------------------
 
 @get("/courses/{course_id:int}", name="course")
-async def course_page(request: Request, course_id: int,
+async def course_page(request: Request, course_id: FromPath[int],
                       courses: NamedDependency[Courses]) -> Template:
     """A course's facts, live seats, the countdown to its opening and the one big button;
     `GET /v1/courses/{id}` gives the same facts."""
@@ -98,7 +99,7 @@ async def course_page(request: Request, course_id: int,
 
 
 @post("/courses/{course_id:int}/grab", name="grab", status_code=303)
-async def grab_from_page(request: Request, course_id: int,
+async def grab_from_page(request: Request, course_id: FromPath[int],
                          bookings: NamedDependency[Bookings]) -> Redirect:
     """The big button: the `/v1` grab's limit and seat gate, then 303 to the result page."""
     resident_id = visitor(request).resident_id
@@ -114,7 +115,7 @@ async def grab_from_page(request: Request, course_id: int,
 
 
 @post("/courses/{course_id:int}/waitlist", name="join_waitlist", status_code=303)
-async def join_from_page(request: Request, course_id: int,
+async def join_from_page(request: Request, course_id: FromPath[int],
                          waitlist: NamedDependency[Waitlist]) -> Redirect:
     """加入候补: the `/v1` waitlist join, then 303 to the result page (with the position)."""
     resident_id = visitor(request).resident_id
@@ -177,9 +178,11 @@ async def outcome(course: CourseOut, code: str | None, resident_id: str,
 
 
 @get("/courses/{course_id:int}/result", name="grab_result")
-async def result_page(request: Request, course_id: int, courses: NamedDependency[Courses],
+async def result_page(request: Request, course_id: FromPath[int],
+                      courses: NamedDependency[Courses],
                       bookings: NamedDependency[Bookings], waitlist: NamedDependency[Waitlist],
-                      settings: NamedDependency[Settings], code: str | None = None
+                      settings: NamedDependency[Settings],
+                      code: FromQuery[str | None] = None
                       ) -> Template | Redirect:
     """How the grab (or the join) went, in words: 已抢到, 请在 N 分钟内付款, 候补第 N 位, 已满,
     尚未开抢 ... The same facts as `GET /v1/me/bookings` and `GET /v1/me/waitlist`."""

@@ -17,7 +17,7 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body
+from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from booking.bookings import Bookings, RosterEntryOut
@@ -56,7 +56,7 @@ class DeskRow:
 @get(DESK, name="desk")
 async def dashboard(request: Request, courses: NamedDependency[Courses],
                     bookings: NamedDependency[Bookings], waitlist: NamedDependency[Waitlist],
-                    done: str | None = None) -> Template | Redirect:
+                    done: FromQuery[str | None] = None) -> Template | Redirect:
     """The venue's courses, soonest first: seats left (live), how many wait, check-ins."""
     venue_id = visitor(request).venue_id
     if venue_id is None:
@@ -220,7 +220,7 @@ def not_yours(request: Request) -> Template:
 
 
 @get("/venue/courses/{course_id:int}/roster", name="desk_roster")
-async def roster(request: Request, course_id: int, courses: NamedDependency[Courses],
+async def roster(request: Request, course_id: FromPath[int], courses: NamedDependency[Courses],
                  bookings: NamedDependency[Bookings],
                  waitlist: NamedDependency[Waitlist]) -> Template | Redirect:
     """A course's active bookings (phones masked, check-ins) and its waitlist."""
@@ -252,7 +252,8 @@ def roster_csv(course: CourseOut, entries: list[RosterEntryOut],
 
 
 @get("/venue/courses/{course_id:int}/roster.csv", name="desk_roster_csv")
-async def roster_download(request: Request, course_id: int, courses: NamedDependency[Courses],
+async def roster_download(request: Request, course_id: FromPath[int],
+                          courses: NamedDependency[Courses],
                           bookings: NamedDependency[Bookings],
                           waitlist: NamedDependency[Waitlist]) -> Response[bytes] | Template \
         | Redirect:

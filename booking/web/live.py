@@ -20,7 +20,7 @@ from typing import Annotated, Any
 from litestar import get
 from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency
-from litestar.params import Parameter
+from litestar.params import FromPath, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from booking.core.errors import EXCEPTION_HANDLERS, Invalid, Unavailable
@@ -34,7 +34,8 @@ JSON_ERRORS: dict[str, Any] = {"exception_handlers": EXCEPTION_HANDLERS}
 
 
 @get("/courses/{course_id:int}/live", **JSON_ERRORS)
-async def course_live(course_id: int, live: NamedDependency[LiveSeats]) -> ServerSentEvent:
+async def course_live(course_id: FromPath[int],
+                      live: NamedDependency[LiveSeats]) -> ServerSentEvent:
     """One course's seats as they change."""
     return await _stream(live, [course_id])
 
@@ -42,7 +43,7 @@ async def course_live(course_id: int, live: NamedDependency[LiveSeats]) -> Serve
 @get("/live", **JSON_ERRORS)
 async def courses_live(
         live: NamedDependency[LiveSeats],
-        ids: Annotated[str, Parameter(query="courses", max_length=MAX_COURSES * 21)],
+        ids: Annotated[str, QueryParameter(name="courses", max_length=MAX_COURSES * 21)],
 ) -> ServerSentEvent:
     """Several courses' seats on one stream: `?courses=1,2,3` (`courses` is the name of a
     service too, hence the alias)."""
@@ -51,7 +52,7 @@ async def courses_live(
 
 @get("/courses/{course_id:int}/seats", cache_control=CacheControlHeader(max_age=1),
      **JSON_ERRORS)
-async def course_seats(course_id: int, live: NamedDependency[LiveSeats]) -> SeatState:
+async def course_seats(course_id: FromPath[int], live: NamedDependency[LiveSeats]) -> SeatState:
     """One course's seats now (what a browser without a stream polls)."""
     (state,) = await live.states([course_id])
     return state

@@ -18,7 +18,7 @@ import msgspec
 from litestar import Request, get, post
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body
+from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from booking.bookings import BookingOut, Bookings, is_active
@@ -84,7 +84,8 @@ async def _own(bookings: Bookings, booking_id: uuid.UUID, resident_id: str) -> B
 @get(MINE, name="my_bookings")
 async def my_bookings(request: Request, bookings: NamedDependency[Bookings],
                       waitlist: NamedDependency[Waitlist], courses: NamedDependency[Courses],
-                      settings: NamedDependency[Settings], done: str | None = None
+                      settings: NamedDependency[Settings],
+                      done: FromQuery[str | None] = None
                       ) -> Template | Redirect:
     """Bookings (active first, then past ones) and waitlist places; the same as
     `GET /v1/me/bookings` and `GET /v1/me/waitlist`."""
@@ -107,7 +108,7 @@ async def my_bookings(request: Request, bookings: NamedDependency[Bookings],
 # --- cancel, on a page of its own -------------------------------------------------------------
 
 @get(f"{MINE}/{{booking_id:uuid}}/cancel", name="cancel_booking_page")
-async def cancel_page(request: Request, booking_id: uuid.UUID,
+async def cancel_page(request: Request, booking_id: FromPath[uuid.UUID],
                       bookings: NamedDependency[Bookings], courses: NamedDependency[Courses]
                       ) -> Template | Redirect:
     """Are you sure? The booking and a form that cancels it (no dialog, no script)."""
@@ -120,7 +121,7 @@ async def cancel_page(request: Request, booking_id: uuid.UUID,
 
 
 @post(f"{MINE}/{{booking_id:uuid}}/cancel", name="cancel_booking", status_code=303)
-async def cancel_from_page(request: Request, booking_id: uuid.UUID,
+async def cancel_from_page(request: Request, booking_id: FromPath[uuid.UUID],
                            bookings: NamedDependency[Bookings],
                            courses: NamedDependency[Courses]) -> Template | Redirect:
     """The `/v1` cancel (`DELETE /v1/bookings/{id}`), then 303 to my bookings; a refusal (the
@@ -144,7 +145,7 @@ async def cancel_from_page(request: Request, booking_id: uuid.UUID,
 # --- leave a waitlist -------------------------------------------------------------------------
 
 @post("/me/waitlist/{course_id:int}/leave", name="leave_waitlist", status_code=303)
-async def leave_from_page(request: Request, course_id: int,
+async def leave_from_page(request: Request, course_id: FromPath[int],
                           waitlist: NamedDependency[Waitlist]) -> Redirect:
     """`DELETE /v1/courses/{id}/waitlist/me`, then 303 to my bookings (gone already: fine)."""
     resident_id = visitor(request).resident_id
@@ -163,7 +164,7 @@ class PayForm(msgspec.Struct):
 
 
 @post(f"{MINE}/{{booking_id:uuid}}/pay", name="demo_pay", status_code=303)
-async def demo_pay(request: Request, booking_id: uuid.UUID,
+async def demo_pay(request: Request, booking_id: FromPath[uuid.UUID],
                    data: Annotated[PayForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
                    bookings: NamedDependency[Bookings], courses: NamedDependency[Courses],
                    payments: NamedDependency[Payments],

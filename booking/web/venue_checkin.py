@@ -15,7 +15,7 @@ import msgspec
 from litestar import Request, get, post
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body
+from litestar.params import Body, FromQuery
 from litestar.response import Redirect, Template
 
 from booking.attendance import REFUSALS, Attendance, AttendanceOut
@@ -64,8 +64,9 @@ async def check_in_from_desk(request: Request, attendance: NamedDependency[Atten
 
 @get(DESK, name="venue_checkin")
 async def desk(request: Request, attendance: NamedDependency[Attendance],
-               result: str | None = None, booking: str | None = None, date: str | None = None,
-               reason: str | None = None) -> Template | Redirect:
+               result: FromQuery[str | None] = None, booking: FromQuery[str | None] = None,
+               date: FromQuery[str | None] = None,
+               reason: FromQuery[str | None] = None) -> Template | Redirect:
     """The form, and above it the answer to the last check-in (if any)."""
     venue_id = visitor(request).venue_id
     if venue_id is None:
