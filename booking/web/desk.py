@@ -224,6 +224,23 @@ async def roster(request: Request, course_id: FromPath[int], courses: NamedDepen
                  bookings: NamedDependency[Bookings],
                  waitlist: NamedDependency[Waitlist]) -> Template | Redirect:
     """A course's active bookings (phones masked, check-ins) and its waitlist."""
+    found = await _roster(request, course_id, courses, bookings, waitlist)
+    if not isinstance(found, Roster):
+        return found
+    return page(request, "desk_roster.html", course=found.course, entries=found.entries,
+                places=found.places, checkins=sum(entry.checkins for entry in found.entries))
+
+
+@dataclass(frozen=True, slots=True)
+class Roster:
+    course: CourseOut
+    entries: list[RosterEntryOut]
+    places: list[CourseWaitingOut]
+
+
+async def _roster(request: Request, course_id: int, courses: Courses, bookings: Bookings,
+                  waitlist: Waitlist) -> Roster | Template | Redirect:
+    """The roster of a course of the signed-in staff's venue, or the page that says why not."""
     seen = visitor(request)
     if seen.venue_id is None or seen.user is None:
         return staff_sign_in_first(request, roster_path(course_id))
@@ -232,9 +249,7 @@ async def roster(request: Request, course_id: FromPath[int], courses: NamedDepen
         places = await waitlist.of_course(course_id, seen.user)
     except Forbidden:
         return not_yours(request)
-    course = await courses.one(course_id)
-    return page(request, "desk_roster.html", course=course, entries=entries, places=places,
-                checkins=sum(entry.checkins for entry in entries))
+    return Roster(await courses.one(course_id), entries, places)
 
 
 def roster_csv(course: CourseOut, entries: list[RosterEntryOut],
@@ -258,16 +273,11 @@ async def roster_download(request: Request, course_id: FromPath[int],
                           waitlist: NamedDependency[Waitlist]) -> Response[bytes] | Template \
         | Redirect:
     """The roster as a spreadsheet: bookings, then the waitlist."""
-    seen = visitor(request)
-    if seen.venue_id is None or seen.user is None:
-        return staff_sign_in_first(request, roster_path(course_id))
-    try:
-        entries = await bookings.roster_details(course_id, seen.user)
-        places = await waitlist.of_course(course_id, seen.user)
-    except Forbidden:
-        return not_yours(request)
-    course = await courses.one(course_id)
-    return Response(roster_csv(course, entries, places, seen.words.gettext),
+    found = await _roster(request, course_id, courses, bookings, waitlist)
+    if not isinstance(found, Roster):
+        return found
+    return Response(roster_csv(found.course, found.entries, found.places,
+                               visitor(request).words.gettext),
                     media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition":
                              f'attachment; filename="roster-{course_id}.csv"',
