@@ -46,24 +46,25 @@ def visitor(request: Request) -> Visitor:
     known = request.scope.get("visitor")
     if known is not None:
         return known
-    remember = []
-    lang = request.query_params.get("lang")
-    if lang in LANGS:
-        remember.append(_kept(LANG_COOKIE, lang))
-    else:
-        lang = request.cookies.get(LANG_COOKIE)
-        if lang not in LANGS:
-            lang = negotiate(request.headers.get("accept-language"))
-    size = request.query_params.get("size")
-    if size in SIZES:
-        remember.append(_kept(SIZE_COOKIE, size))
-    else:
-        size = request.cookies.get(SIZE_COOKIE)
-        if size not in SIZES:
-            size = "standard"
+    remember: list[Cookie] = []
+    lang = _chosen(request, "lang", LANG_COOKIE, LANGS, remember) \
+        or negotiate(request.headers.get("accept-language"))
+    size = _chosen(request, "size", SIZE_COOKIE, SIZES, remember) or "standard"
     found = Visitor(Words(lang), size, signed_in(request), remember)
     request.scope["visitor"] = found  # type: ignore[typeddict-unknown-key]
     return found
+
+
+def _chosen(request: Request, param: str, cookie: str, allowed: tuple[str, ...],
+            remember: list[Cookie]) -> str | None:
+    """A choice made by `?param=` (then kept in `cookie`, added to `remember`) or earlier in
+    the cookie; None when neither holds an allowed value."""
+    asked = request.query_params.get(param)
+    if asked in allowed:
+        remember.append(_kept(cookie, asked))
+        return asked
+    kept = request.cookies.get(cookie)
+    return kept if kept in allowed else None
 
 
 def signed_in(request: Request) -> Principal | None:
