@@ -47,6 +47,7 @@ from booking.core.observability import configure_logging
 from booking.core.readcache import ReadCache
 from booking.core.settings import ConfigError, Settings
 from booking.core.stores import open_pool, open_redis, write_budget_ms
+from booking.core.tasks import stop
 from booking.courses import Courses
 from booking.ledger.commit import DEFAULT_DEADLINE_S, BookingLedger
 from booking.ledger.outbox import dispatch_forever
@@ -126,9 +127,7 @@ def _lifespan(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None
                 await live.stop()
                 await memory.stop()
                 for task in tasks:  # each gives its connection back before the pool goes
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                    await stop(task)
                 await ledger.close()
                 await gate.close()
                 await limiter.close()

@@ -6,6 +6,7 @@ import asyncio
 
 from conftest import wait_for
 
+from booking.core.tasks import stop
 from booking.lifecycle.sweeper import RECONCILER_LOCK, sweep_forever
 from booking.seats import SeatGate
 
@@ -45,6 +46,5 @@ async def test_a_round_longer_than_its_lock_keeps_the_lock(private_stores):
     finally:
         await blocked.rollback()
         await pool.release(blocker)
-        sweeper.cancel()
-        await asyncio.gather(sweeper, return_exceptions=True)
+        await stop(sweeper)
         await gate.close()
