@@ -18,6 +18,7 @@ from inprocess import course_row, seat_path
 from prometheus_client import REGISTRY
 
 from booking.bookings import Grabbed
+from booking.core.db import create_pool
 from booking.core.errors import ApiError
 from booking.seats import course_keys
 
@@ -131,3 +132,30 @@ async def test_a_connection_lost_mid_retry_leaves_that_row_pending_and_the_rest_
         rows = await db.fetch("SELECT resident_id FROM bookings WHERE course_id = $1 "
                               "AND booking_active(status)", course_id)
         assert {row[0] for row in rows} == {first, twin}
+
+
+async def test_a_write_the_database_timed_out_gives_its_seat_back_at_once(db, redis, stores):
+    """Postgres stops the doomed row's INSERT at its statement timeout and says so: surely not
+    written. The client's own timeout (the service's pool, as the app builds it) must not beat
+    that answer and leave the seat pending, or the resident's retry would be answered 503 until
+    the reconciler judged the seat: the retry once the database is well gets its booking."""
+    course_id = await course_row(db, capacity=1)
+    resident = unique("retrier")
+    pool = await create_pool(stores.database_url, 2, statement_timeout_ms=300)
+    try:
+        async with SweeperPaused(redis), seat_path(pool, redis) as path:
+            await path.loader.load(course_id)
+            await db.execute(FAIL_ONE_ROW.format(course_id=course_id, resident=resident,
+                                                 failure=FAILURES["statement_timeout"]))
+            try:
+                first = await path.bookings.grab(course_id, resident)
+            finally:
+                await db.execute(STOP_FAILING)
+            pending = await redis.zrange(course_keys(course_id)[2], 0, -1)
+            retry = await path.bookings.grab(course_id, resident)
+    finally:
+        await pool.close()
+
+    assert isinstance(first, ApiError) and first.status_code == 503
+    assert resident not in pending, "the seat was left for the reconciler to judge"
+    assert isinstance(retry, Grabbed) and retry.new, retry

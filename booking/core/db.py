@@ -11,6 +11,14 @@ from asyncpg.pool import PoolAcquireContext
 
 STATEMENT_TIMEOUT_MS = 5_000
 
+# How much longer the client waits for a statement than Postgres lets it run. Postgres stops a
+# statement at its statement_timeout and says so (QueryCanceledError: surely not written, so a
+# grab gives its seat back at once). A client timeout at the same moment raced that answer and,
+# when it won, left the outcome unknown: the seat stayed pending until the reconciler judged it,
+# and the resident's retries were answered 503 meanwhile. The client's own timeout is for a
+# server that no longer answers at all.
+CLIENT_TIMEOUT_GRACE_S = 1.0
+
 
 def schema_sql() -> str:
     """schema.sql (the whole current schema, for an empty database) from the repository
@@ -41,8 +49,9 @@ class DeadlinePool(asyncpg.Pool):
 async def create_pool(database_url: str, size: int,
                       statement_timeout_ms: int = STATEMENT_TIMEOUT_MS,
                       acquire_timeout_s: float | None = None) -> asyncpg.Pool:
-    """A pool of `size` connections whose statements stop after `statement_timeout_ms` and whose
-    waits for a connection stop after `acquire_timeout_s` (default: the statement timeout, so a
+    """A pool of `size` connections whose statements Postgres stops after
+    `statement_timeout_ms` (the client gives up CLIENT_TIMEOUT_GRACE_S later) and whose waits
+    for a connection stop after `acquire_timeout_s` (default: the statement timeout, so a
     request waits at most that long for each of the two). Built like asyncpg.create_pool."""
     pool = DeadlinePool(
         database_url,
@@ -55,7 +64,7 @@ async def create_pool(database_url: str, size: int,
         record_class=asyncpg.Record,
         acquire_timeout_s=(statement_timeout_ms / 1000 if acquire_timeout_s is None
                            else acquire_timeout_s),
-        command_timeout=statement_timeout_ms / 1000,
+        command_timeout=statement_timeout_ms / 1000 + CLIENT_TIMEOUT_GRACE_S,
         server_settings={"statement_timeout": str(statement_timeout_ms),
                          "application_name": "booking"},
     )
