@@ -54,6 +54,9 @@ from booking.ledger.outbox import dispatch_forever
 from booking.lifecycle.sweeper import sweep_forever
 from booking.live import LiveSeats
 from booking.payments import Payments
+from booking.releases import drawing as release_drawing
+from booking.releases import entries as release_entries
+from booking.releases import service as release_service
 from booking.seats import SeatGate
 from booking.seats.memory import GateMemory
 from booking.seats.ratelimit import Limit, RateLimiter
@@ -176,7 +179,9 @@ def create_app(settings: Settings | None = None, *, pool: asyncpg.Pool | None = 
         route_handlers=[*probes.HANDLERS, *venues.HANDLERS, *courses.HANDLERS,
                         *bookings.HANDLERS, *waitlist.HANDLERS, *payments.HANDLERS,
                         *signin.HANDLERS, *staff.HANDLERS, *imports.HANDLERS, *attendance.HANDLERS,
-                        *record.HANDLERS, pages.router],
+                        *record.HANDLERS, *release_service.HANDLERS,
+                        *release_entries.HANDLERS, *release_drawing.HANDLERS,
+                        pages.router],
         template_config=pages.templates,
         state=State({"verifier": verifier}),
         dependencies={name: _from_state(lambda: app, name) for name in PROVIDED},
