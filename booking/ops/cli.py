@@ -1,8 +1,8 @@
 """The `booking` command: parsing and dispatch only.
 
 Each command's body lives in a module of booking/ops/ by concern (serve, tools, rehearsal,
-check, pay, bench), imported only when that command runs, so `booking --help` and `booking
-token` stay quick.
+check, pay, bench, verify_draw), imported only when that command runs, so `booking --help` and
+`booking token` stay quick.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _command(module: str, function: str = "run") -> Command:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="booking", description="Seat booking for hot evening "
                                      "classes: serve, db upgrade, token, reconcile, release, "
-                                     "check, pay, bench.")
+                                     "check, pay, bench, verify-draw.")
     sub = parser.add_subparsers(title="commands")
     _serve_arguments(sub.add_parser(
         "serve", help="run the HTTP service (embedded stores by default)"))
@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     _pay_arguments(sub.add_parser("pay", help="act as the payment provider: pay a held booking"))
     sub.add_parser("reconcile", help="rebuild the Redis seat counters from Postgres"
                    ).set_defaults(run=_command("tools", "reconcile"))
+    _verify_draw_arguments(sub.add_parser(
+        "verify-draw", help="re-check a published draw (booking-draw/v1) from its files"))
     return parser
 
 
@@ -132,6 +134,16 @@ def _pay_arguments(pay: argparse.ArgumentParser) -> None:
                      help="amount paid (default: the course's price, read from Postgres)")
     pay.add_argument("--ref", help="provider reference (default: a new random one)")
     pay.set_defaults(run=_command("pay"))
+
+
+def _verify_draw_arguments(verify: argparse.ArgumentParser) -> None:
+    verify.usage = ("booking verify-draw DRAW.json ENTRIES.jsonl RESULTS.jsonl\n"
+                    "       booking verify-draw --url URL --release ID")
+    verify.add_argument("files", nargs="*", metavar="FILE",
+                        help="the draw record (JSON), the entries file and the results file")
+    verify.add_argument("--url", help="fetch the three from this running service instead")
+    verify.add_argument("--release", metavar="ID", help="with --url: the release whose draw")
+    verify.set_defaults(run=_command("verify_draw"))
 
 
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
