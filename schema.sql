@@ -298,6 +298,8 @@ CREATE TABLE IF NOT EXISTS release_entries (
     entry_id    text NOT NULL UNIQUE,  -- the resident's receipt; the same when replaced
     tier        text,
     wishes      bigint[] NOT NULL,  -- course ids, best first
+    ticket      text,   -- after the draw: the entry's ticket
+    results     jsonb,  -- after the draw: per wish, its outcome (and booking or position)
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (release_id, resident_id),
@@ -309,7 +311,7 @@ CREATE TABLE IF NOT EXISTS release_draws (
     entries_file bytea NOT NULL,
     seats        jsonb NOT NULL,  -- [{"course_id": ..., "seats": ...}]: capacity at close
     results_file bytea,
-    record       jsonb,  -- the draw's record, as GET .../draw answers it
+    record       json,  -- the draw's record as GET .../draw answers it (keys in order)
     drawn_at     timestamptz,
     CONSTRAINT release_draws_drawn_whole CHECK (
         (drawn_at IS NULL) = (results_file IS NULL) AND (drawn_at IS NULL) = (record IS NULL))

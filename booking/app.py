@@ -69,11 +69,8 @@ from booking.web.site import site
 MAX_BODY_BYTES = 64 * 1024
 # What handlers may ask for by name, each kept on app.state by the lifespan.
 PROVIDED = ("settings", "pool", "redis", "seats", "reads", "bookings", "courses", "waitlist",
-            "payments", "signin", "venues", "live",
-            "staff",
-            "imports",
-            "attendance",
-            "records")
+            "payments", "signin", "venues", "live", "staff", "imports", "attendance", "records",
+            "releases", "entries", "draws")
 
 
 @contextlib.asynccontextmanager
@@ -102,7 +99,9 @@ def _lifespan(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None
         async with _opened(settings, pool, redis) as (db, cache):
             gate = SeatGate(cache)
             memory = GateMemory(cache)  # sold-out and not-open answers without Redis
-            seats = Seats(gate, CourseLoader(db, gate, settings.pending_timeout_s), memory)
+            pending_draws = release_drawing.PendingDraws(db)
+            seats = Seats(gate, CourseLoader(db, gate, settings.pending_timeout_s), memory,
+                          closed_because=pending_draws.refusal)
             memory.start()
             ledger = BookingLedger(db, gate, deadline_s=min(DEFAULT_DEADLINE_S,
                                                             settings.pending_timeout_s / 4))
@@ -117,12 +116,16 @@ def _lifespan(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None
                              staff=staff.Staff(db),
                              imports=imports.Imports(db, seats, reads),
                              attendance=attendance.Attendance(db, settings.secret),
-                             records=record.Records(db, record.RecordSigner.of(settings)))
+                             records=record.Records(db, record.RecordSigner.of(settings)),
+                             releases=release_service.Releases(db, seats, reads),
+                             entries=release_entries.Entries(db),
+                             draws=release_drawing.Draws(db, seats))
             live.start(seats)  # its ChannelsPlugin is one of the app's plugins
             app.state.live = live
             tasks = [asyncio.create_task(sweep_forever(db, gate, settings.pending_timeout_s,
                                                        settings.reconcile_interval_s)),
-                     asyncio.create_task(dispatch_forever(db, settings.webhook_url))
+                     asyncio.create_task(dispatch_forever(db, settings.webhook_url)),
+                     asyncio.create_task(release_drawing.close_forever(app.state.draws))
                      ] if background else []
             try:
                 yield
@@ -153,7 +156,8 @@ def _document_strict_bodies(app: Litestar) -> None:
     strict = {body.__name__ for body in (venues.VenueIn, courses.CourseIn, courses.CoursePatch,
                                          bookings.SwapIn, signin.LoginCodeIn, signin.TokenIn,
                                          staff.StaffIn,
-                                         attendance.CheckinIn)}
+                                         attendance.CheckinIn, release_service.ReleaseIn,
+                                         release_entries.EntryIn)}
     for name, schema in (app.openapi_schema.components.schemas or {}).items():
         if name in strict:
             schema.additional_properties = False

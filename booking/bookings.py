@@ -178,6 +178,8 @@ class Bookings:
             return await self._commit(course_id, resident_id, booking_id)
         if decision.outcome is Outcome.HELD:
             return Grabbed(await self._held_booking(str(decision.booking_id)), new=False)
+        if decision.outcome is Outcome.NOT_OPEN:
+            return await self.seats.why_not(course_id, decision)
         return refusal(decision)
 
     async def _commit(self, course_id: int, resident_id: str,
@@ -273,7 +275,7 @@ class Bookings:
         new_id = str(uuid.uuid4())
         decision = await self.seats.take(course_id, resident_id, new_id)
         if decision.outcome is not Outcome.TAKEN:
-            raise refusal(decision).again()
+            raise (await self.seats.why_not(course_id, decision)).again()
         return await self._write_swap(old, new_id, course_id, resident_id)
 
     async def _write_swap(self, old: asyncpg.Record, new_id: str, course_id: int,

@@ -101,6 +101,7 @@ class CourseOut(msgspec.Struct):
     cancel_deadline: datetime | None
     lessons: int = 1
     code: str | None = None
+    release_id: int | None = None  # the release the course opens in; None: none
     distance_m: int | None = None  # metres from the place asked about; None without one
 
 
@@ -111,7 +112,8 @@ class CoursePage(msgspec.Struct):
 
 COLUMNS = """c.id, c.venue_id, c.title, c.category, c.teacher, c.description, c.starts_at,
 c.ends_at, c.capacity, c.price_cents, c.sales_open_at, c.status, v.district,
-v.name AS venue_name, v.address, c.hold_minutes, c.cancel_deadline, c.lessons, c.code"""
+v.name AS venue_name, v.address, c.hold_minutes, c.cancel_deadline, c.lessons, c.code,
+c.release_id"""
 SELECT_COURSE = f"""
 SELECT {COLUMNS} FROM courses c JOIN venues v ON v.id = c.venue_id WHERE c.id = $1
 """
@@ -135,6 +137,14 @@ PATCHABLE = ("title", "category", "teacher", "description", "starts_at", "ends_a
 LIST_FILTERS = {"venue_id", "district", "category", "available", "weekday", "lat", "lon",
                 "point", "km", "limit", "offset"}
 VENUE_PLACE = "SELECT lat, lon FROM venues WHERE id = $1"
+LOCK_COURSE = """
+SELECT venue_id, status, sales_open_at, capacity, release_id FROM courses WHERE id = $1 FOR UPDATE
+"""
+# A course's release: its mode and whether it has been drawn.
+RELEASE_OF = """
+SELECT r.mode, d.drawn_at IS NOT NULL AS drawn
+FROM releases r LEFT JOIN release_draws d ON d.release_id = r.id WHERE r.id = $1
+"""
 CATEGORIES = """
 SELECT DISTINCT category FROM courses WHERE status = 'published' ORDER BY category LIMIT 500
 """
@@ -311,13 +321,14 @@ class Courses:
         if not storable_id(course_id):
             raise NotFound.of("course")
         async with self.pool.acquire() as conn, conn.transaction():
-            current = await conn.fetchrow(
-                "SELECT venue_id, status FROM courses WHERE id = $1 FOR UPDATE", course_id)
+            current = await conn.fetchrow(LOCK_COURSE, course_id)
             if current is None:
                 raise NotFound.of("course")
             check_owner(principal, current["venue_id"])
             if current["status"] == "cancelled" and changes:
                 raise COURSE_CANCELLED.again()
+            if current["release_id"] is not None:
+                await _check_release_allows(conn, current, changes)
             if changes:
                 await _apply(conn, course_id, changes)
         self.reads.clear()
@@ -367,6 +378,25 @@ def _near(sql: _Sql, place: Place, km: float) -> str:
                                   lon=sql.arg(place.lon))
     sql.where.append(f"{distance} <= {sql.arg(km * 1000)}")
     return distance
+
+
+async def _check_release_allows(conn: asyncpg.Connection, current: asyncpg.Record,
+                                changes: dict[str, object]) -> None:
+    """A course in a release opens when its release says: its sales_open_at is not the
+    venue's to move; and a draw counts the seats it had at the close, so its capacity stays as
+    it is until the draw is done."""
+    release_id = current["release_id"]
+    opening = changes.get("sales_open_at", current["sales_open_at"])
+    if opening != current["sales_open_at"]:
+        raise Conflict(f"This course opens with release {release_id}; its sales_open_at "
+                       "cannot be changed.", code="course_in_release",
+                       extra={"release_id": release_id})
+    if changes.get("capacity", current["capacity"]) == current["capacity"]:
+        return
+    release = await conn.fetchrow(RELEASE_OF, release_id)
+    if release["mode"] != "fcfs" and not release["drawn"]:
+        raise Conflict(f"Release {release_id} has not been drawn yet; the capacity can change "
+                       "after the draw.", code="draw_pending", extra={"release_id": release_id})
 
 
 async def _apply(conn: asyncpg.Connection, course_id: int, changes: dict[str, object]) -> None:

@@ -32,7 +32,7 @@ from booking.core.auth import Principal, check_owner, requires
 from booking.core.errors import NotFound, Unavailable
 from booking.core.fields import storable_id
 from booking.seats import Outcome
-from booking.seats.seating import ALREADY_BOOKED, ASK_ONLY, COURSE_CANCELLED, Seats, refusal
+from booking.seats.seating import ALREADY_BOOKED, ASK_ONLY, COURSE_CANCELLED, Seats
 
 
 class WaitlistEntryOut(msgspec.Struct):
@@ -198,7 +198,7 @@ class Waitlist:
             await self.pool.execute(END_PLACE, place)
             # In case a reconcile copied the committed place into the gate meanwhile.
             await self.seats.gate.leave_waitlist(course_id, resident_id)
-        raise refusal(decision).again()
+        raise (await self.seats.why_not(course_id, decision)).again()
 
     async def leave(self, course_id: int, resident_id: str) -> WaitlistEntryOut:
         left = await self.pool.fetchrow(LEAVE, course_id, resident_id) \

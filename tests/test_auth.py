@@ -17,7 +17,7 @@ from conftest import SECRET, auth
 # Operations anyone may call; the payment callback proves itself with its signature instead.
 PUBLIC = {"health", "ready", "metrics", "listVenues", "listCourses", "getCourse",
           "paymentCallback", "sendLoginCode", "createToken",
-          "learningRecordKeys"}
+          "learningRecordKeys", "getRelease", "getDraw", "getDrawEntries", "getDrawResults"}
 ROLES = ("resident", "venue", "operator")
 SOON = int(time.time()) + 3600
 

@@ -1,11 +1,11 @@
 """Bearer tokens and who may call what.
 
-Tokens are HS256 JWTs signed with BOOKING_SECRET, claims `sub`, `role`, `exp` and, for a
-venue, `venue_id`. A protected route declares its roles with `requires(...)`, which gives the
-route both the roles that `authentication` checks and its OpenAPI security, so the check and
-the documentation cannot drift. The check runs before Litestar reads or validates the body: a
-stranger learns nothing about a route's input, and a forged token is never mistaken for an
-input error.
+Tokens are HS256 JWTs signed with BOOKING_SECRET, claims `sub`, `role`, `exp`, for a venue
+`venue_id`, and for a resident of a priority group (releases) perhaps `tier`. A protected
+route declares its roles with `requires(...)`, which gives the route both the roles that
+`authentication` checks and its OpenAPI security, so the check and the documentation cannot
+drift. The check runs before Litestar reads or validates the body: a stranger learns nothing
+about a route's input, and a forged token is never mistaken for an input error.
 """
 
 from __future__ import annotations
@@ -35,14 +35,18 @@ class Principal(msgspec.Struct, frozen=True):
     role: Role
     exp: float
     venue_id: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    # A priority group (e.g. "senior"): earlier openings in releases that name it.
+    tier: Annotated[str, msgspec.Meta(min_length=1, max_length=40, pattern=NO_NUL)] | None = None
 
 
 def mint(secret: str, role: str, sub: str, *, venue_id: int | None = None,
-         days: float = TOKEN_DAYS) -> str:
+         days: float = TOKEN_DAYS, tier: str | None = None) -> str:
     """A signed token; `booking token` prints these."""
     claims: dict[str, object] = {"sub": sub, "role": role, "exp": int(time.time() + days * 86400)}
     if venue_id is not None:
         claims["venue_id"] = venue_id
+    if tier is not None:
+        claims["tier"] = tier
     return jwt.encode(claims, secret, algorithm="HS256")
 
 

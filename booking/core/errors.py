@@ -48,6 +48,12 @@ class Invalid(ApiError):
     status_code, code = 400, "invalid"
 
 
+class Unprocessable(ApiError):
+    """A 422: well-formed, but it names something the request may not (`code` says what)."""
+
+    status_code, code = 422, "unprocessable"
+
+
 class Unauthorized(ApiError):
     status_code, code = 401, "unauthorized"
     detail = "Send a token as 'Authorization: Bearer <token>'."
@@ -105,6 +111,7 @@ _MEANINGS = {
     404: "not_found: no such course, venue or booking",
     409: "a domain answer: sold_out, not_open, course_cancelled, capacity_below_bookings",
     413: "body_too_large",
+    422: "well-formed, but naming what it may not: unknown_course, duplicate_wish, bad_times",
     429: "rate_limited: too many grabs from this resident or address; see Retry-After",
     503: "unavailable: a store did not answer; safe to retry",
 }

@@ -28,12 +28,31 @@ ASK_ONLY = 0  # a waitlist id no row has (ids start at 1): wait.lua only answers
 LOADS = 3  # loads of a course the gate keeps losing before a grab is told to retry
 
 
+# What the gate answers for a course closed for a reason of its own: not open (a grab), or a
+# free seat (a waitlist join, which does not look at the opening).
+CLOSED_LOOKING = (Outcome.NOT_OPEN, Outcome.SEATS_AVAILABLE)
+# Why a course the gate calls not open is closed, when it is for a reason of its own (a release
+# whose draw gives its seats); None: it just opens later.
+ClosedBecause = Callable[[int, Decision], Awaitable[ApiError | None]]
+
+
 class Seats:
     def __init__(self, gate: SeatGate, loader: CourseLoader,
-                 memory: GateMemory | None = None) -> None:
+                 memory: GateMemory | None = None,
+                 closed_because: ClosedBecause | None = None) -> None:
         self.gate = gate
         self.loader = loader
         self.memory = memory  # None: every grab asks the gate
+        self.closed_because = closed_because
+
+    async def why_not(self, course_id: int, decision: Decision) -> ApiError:
+        """The answer to a decision that gives the caller nothing new, as `refusal`, except
+        that a course closed for a reason of its own says so (`closed_because`)."""
+        if decision.outcome in CLOSED_LOOKING and self.closed_because is not None:
+            reason = await self.closed_because(course_id, decision)
+            if reason is not None:
+                return reason
+        return refusal(decision)
 
     async def take(self, course_id: int, resident_id: str, booking_id: str) -> Decision:
         """Take a seat (grab.lua); TAKEN leaves it pending until the booking is written. A
