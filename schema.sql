@@ -316,3 +316,39 @@ CREATE TABLE IF NOT EXISTS release_draws (
     CONSTRAINT release_draws_drawn_whole CHECK (
         (drawn_at IS NULL) = (results_file IS NULL) AND (drawn_at IS NULL) = (record IS NULL))
 );
+
+-- The term cap, Postgres's side (the backstop whatever the gate said): after every INSERT of
+-- bookings, no resident holds more active bookings in the courses of a term's releases than the
+-- term's cap. Each (resident, term) pair is locked (an advisory lock, in one order) before it is
+-- counted, so two transactions of one resident count one after the other; updates never make a
+-- booking active again, so inserts are all there is to check.
+CREATE OR REPLACE FUNCTION bookings_keep_term_cap() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    pair record;
+    held integer;
+BEGIN
+    FOR pair IN
+        SELECT DISTINCT n.resident_id, r.term, r.term_cap
+          FROM new_rows n JOIN courses c ON c.id = n.course_id
+          JOIN releases r ON r.id = c.release_id
+         WHERE booking_active(n.status) AND r.term_cap IS NOT NULL
+         ORDER BY n.resident_id, r.term
+    LOOP
+        PERFORM pg_advisory_xact_lock(hashtextextended(pair.resident_id || '|' || pair.term, 0));
+        SELECT count(*) INTO held
+          FROM bookings b JOIN courses c ON c.id = b.course_id
+          JOIN releases r ON r.id = c.release_id
+         WHERE b.resident_id = pair.resident_id AND r.term = pair.term
+           AND booking_active(b.status);
+        IF held > pair.term_cap THEN
+            RAISE EXCEPTION 'resident % would hold % seats in term % (cap %)',
+                pair.resident_id, held, pair.term, pair.term_cap
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'bookings_term_cap';
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER bookings_term_cap_kept AFTER INSERT ON bookings
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION bookings_keep_term_cap();

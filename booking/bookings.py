@@ -28,6 +28,7 @@ from booking.core.errors import ApiError, Conflict, NotFound, RateLimited, Unava
 from booking.core.fields import MAX_ID, storable_id
 from booking.core.observability import GRABS
 from booking.core.settings import Settings
+from booking.ledger import term_cap
 from booking.ledger.commit import BookingLedger, CommitFailed, NewBooking
 from booking.ledger.locks import lock_courses
 from booking.ledger.promotions import free_seat
@@ -202,6 +203,8 @@ class Bookings:
                               constraint: str | None) -> Grabbed | ApiError:
         if constraint is None:
             return Unavailable(NOT_SAVED)
+        if constraint == term_cap.CONSTRAINT:  # the gate was right about the seat
+            return await term_cap.cap_reached(self.pool, course_id, resident_id)
         await self.seats.loader.load(course_id)
         if constraint == "courses_not_oversold":
             return SOLD_OUT
@@ -300,6 +303,8 @@ class Bookings:
         except (ApiError, asyncpg.PostgresError) as exc:
             await self._give_back(course_id, resident_id, new_id)
             await gate.settle([(old["course_id"], resident_id)])  # the old seat stays theirs
+            if getattr(exc, "constraint_name", None) == term_cap.CONSTRAINT:
+                raise await term_cap.cap_reached(self.pool, course_id, resident_id) from exc
             if isinstance(exc, asyncpg.IntegrityConstraintViolationError):  # gate, ledger differ
                 await self.seats.loader.load(course_id)
                 raise _swap_refusal(exc) from exc

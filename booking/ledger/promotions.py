@@ -4,7 +4,8 @@ The gate decides who gets a freed seat (free.lua pops the first resident waiting
 step that frees the seat); this module writes that decision down: the booking (confirmed, or a
 hold with its own expiry on a paid course), the waitlist row marked `promoted`, and an outbox
 notification, in one transaction per promotion. A promotion Postgres cannot take is undone in
-the gate, or passed on to the next resident when that waiter had already left.
+the gate, or passed on to the next resident when that waiter had already left (or holds as
+many seats as the term's cap allows: then they leave this waitlist).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncpg
 from booking.core.observability import PROMOTIONS
 from booking.ledger.locks import lock_courses
 from booking.ledger.outbox import add_notification
+from booking.ledger.term_cap import CONSTRAINT as TERM_CAP
 from booking.seats import Promotion, SeatGate
 
 log = logging.getLogger("booking.ledger.promotions")
@@ -100,6 +102,12 @@ async def _write_one(pool: asyncpg.Pool, promotion: Promotion) -> str:
                 row = await conn.fetchrow(PROMOTE, promotion.booking_id, promotion.course_id,
                                           promotion.resident_id, promotion.waitlist_id)
         except asyncpg.UniqueViolationError:  # they hold a booking of this course already
+            await conn.execute(GIVE_UP_PLACE, promotion.waitlist_id)
+            return "void"
+        except asyncpg.CheckViolationError as exc:
+            if exc.constraint_name != TERM_CAP:
+                raise
+            # At the term's cap: they leave this waitlist, the seat goes on to the next.
             await conn.execute(GIVE_UP_PLACE, promotion.waitlist_id)
             return "void"
         if row is None:

@@ -3,11 +3,13 @@
 1. **Freeze** (at the close, by the closer or by whoever asks first): under the release row's
    exclusive lock, the entries become the entries file (booking/releases/draw.py's format), each
    with its cap (the term cap minus the seats its resident then holds in the term), and every
-   course's seats are its capacity. Entries hold that row shared while they write, so an entry is
-   either in the file or was refused.
+   course's seats are its free seats then. Entries hold that row shared while they write, so
+   an entry is either in the file or was refused.
 2. **Draw and apply**, in one Postgres transaction under the same lock (so concurrent calls on
    any number of workers draw once): the algorithm runs on the frozen file; each win becomes the
-   booking a grab would make (a lottery's paid wins are held for claim_hold_s); the waitlists are
+   booking a grab would make (a lottery's paid wins are held for claim_hold_s; a win whose
+   resident reached the term's cap since the close is declined, and its seat goes down the
+   waitlist as a cancelled one would); the waitlists are
    written in draw order; leftovers open first-come (a window's at once, a lottery's from
    general_sale_at); the results file and the record are kept. Then every course is reloaded
    into the gate from Postgres (counters, holders, waitlists).
@@ -39,6 +41,7 @@ from booking.core.errors import Conflict, NotFound
 from booking.core.fields import storable_id
 from booking.core.readcache import ReadCache
 from booking.ledger.locks import lock_courses
+from booking.ledger.promotions import promote_waiting
 from booking.releases import draw as algorithm
 from booking.releases.service import Release, fetch_release
 from booking.seats import Decision, Outcome
@@ -55,7 +58,12 @@ ENTRIES = """
 SELECT entry_id, resident_id, tier, wishes FROM release_entries
 WHERE release_id = $1 ORDER BY entry_id
 """
-CAPACITIES = "SELECT id, capacity FROM courses WHERE release_id = $1 ORDER BY id"
+# Seats at close: the capacity, less any booking a grab already in flight when the release was
+# created wrote after it (the creation refuses courses with bookings, so normally none).
+SEATS_AT_CLOSE = """
+SELECT id, greatest(capacity - active_bookings, 0) AS seats FROM courses
+WHERE release_id = $1 ORDER BY id
+"""
 # Seats each resident holds in a term's courses (held or confirmed).
 HELD_IN_TERM = """
 SELECT b.resident_id, count(*)::int AS held
@@ -130,9 +138,11 @@ class Draws:
             row = await conn.fetchrow(DRAW_ROW, release.id) or await _freeze(conn, release)
             if row["drawn_at"] is not None:
                 return DrawRecord(json.loads(row["record"]), created=False)
-            record = await _draw_and_apply(conn, release, row, now)
+            record, declined = await _draw_and_apply(conn, release, row, now)
         for course_id in release.course_ids:  # counters, holders and waitlists from Postgres
             await self.seats.loader.load(course_id)
+        for course_id in sorted(set(declined)):  # a declined win passes down the waitlist
+            await promote_waiting(self.pool, self.seats.gate, course_id)
         log.info("release %s drawn: %s entries", release.id, record["entries_count"])
         return DrawRecord(record, created=True)
 
@@ -254,8 +264,8 @@ async def _freeze(conn: asyncpg.Connection, release: Release) -> asyncpg.Record:
     caps = await _caps(conn, release, [row["resident_id"] for row in rows])
     entries = [algorithm.Entry(row["entry_id"], row["tier"], caps[row["resident_id"]],
                                tuple(row["wishes"])) for row in rows]
-    seats = [{"course_id": row["id"], "seats": row["capacity"]}
-             for row in await conn.fetch(CAPACITIES, release.id)]
+    seats = [{"course_id": row["id"], "seats": row["seats"]}
+             for row in await conn.fetch(SEATS_AT_CLOSE, release.id)]
     await conn.execute(FREEZE, release.id, algorithm.entries_file(entries), json.dumps(seats))
     return await conn.fetchrow(DRAW_ROW, release.id)
 
@@ -272,7 +282,9 @@ async def _caps(conn: asyncpg.Connection, release: Release,
 
 
 async def _draw_and_apply(conn: asyncpg.Connection, release: Release, frozen: asyncpg.Record,
-                          now: datetime) -> dict[str, Any]:
+                          now: datetime) -> tuple[dict[str, Any], list[int]]:
+    """Draw, book the wins, write the waitlists, open the leftovers, keep the files: the
+    record, and the courses whose declined wins wait for the waitlist's first."""
     entries = algorithm.read_entries(bytes(frozen["entries_file"]))
     seats = {c["course_id"]: c["seats"] for c in json.loads(frozen["seats"])}
     tiers = release.ranked_tiers()
@@ -281,7 +293,7 @@ async def _draw_and_apply(conn: asyncpg.Connection, release: Release, frozen: as
     residents = {row["entry_id"]: row["resident_id"]
                  for row in await conn.fetch(ENTRIES, release.id)}
     await lock_courses(conn, release.course_ids)
-    booked = await _book_wins(conn, release, drawn, residents)
+    booked, declined = await _book_wins(conn, release, drawn, residents)
     await _write_waitlists(conn, drawn, residents)
     await conn.execute(OPEN_LEFTOVERS, release.id,
                        release.general_sale_at if release.mode == "lottery" else None)
@@ -297,20 +309,30 @@ async def _draw_and_apply(conn: asyncpg.Connection, release: Release, frozen: as
               "results_url": f"/v1/releases/{release.id}/results.jsonl",
               "drawn_at": now.isoformat()}
     await conn.execute(KEEP_DRAW, release.id, results, json.dumps(record), now)
-    return record
+    return record, declined
 
 
 async def _book_wins(conn: asyncpg.Connection, release: Release, drawn: algorithm.Drawn,
-                     residents: dict[str, str]) -> dict[tuple[str, int], str]:
-    """One booking per win; the booking id of each (entry, course)."""
-    booked = {(entry_id, course_id): str(uuid.uuid4())
-              for course_id, winners in sorted(drawn.winners.items()) for entry_id in winners}
+                     residents: dict[str, str]) -> tuple[dict[tuple[str, int], str], list[int]]:
+    """One booking per win: the booking id of each (entry, course), and the courses of wins
+    declined because their resident reached the term's cap elsewhere since the close."""
+    room = await _caps(conn, release, sorted(set(residents.values())))
+    booked: dict[tuple[str, int], str] = {}
+    declined: list[int] = []
+    for course_id, winners in sorted(drawn.winners.items()):
+        for entry_id in winners:
+            resident = residents[entry_id]
+            if room[resident] <= 0:
+                declined.append(course_id)
+                continue
+            room[resident] -= 1
+            booked[(entry_id, course_id)] = str(uuid.uuid4())
     if booked:
         keys = list(booked)
         await conn.execute(BOOK_WINS, [booked[k] for k in keys], [c for _, c in keys],
                            [residents[e] for e, _ in keys],
                            release.claim_hold_s if release.mode == "lottery" else None)
-    return booked
+    return booked, declined
 
 
 async def _write_waitlists(conn: asyncpg.Connection, drawn: algorithm.Drawn,
@@ -339,7 +361,7 @@ def _wish_result(entry_id: str, wish: algorithm.WishResult,
     out: dict[str, Any] = {"course_id": wish.course_id, "outcome": wish.outcome}
     if wish.position is not None:
         out["position"] = wish.position
-    if wish.outcome == "won":
+    if (entry_id, wish.course_id) in booked:  # a win, unless declined at the cap
         out["booking_id"] = booked[(entry_id, wish.course_id)]
     return out
 

@@ -1,0 +1,154 @@
+"""The term cap: no resident holds more seats in a term's courses than its cap, on every path
+that gives a seat (grab, swap, promotion, a draw's wins), and Postgres refuses the extra
+booking even when the gate is bypassed."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from conftest import OPERATOR, SECRET, cancel, grab, join_waitlist, resident, unique
+from test_lottery import CLOSE_NOW, courses_of, enter, refused, release
+
+from booking.core.auth import mint
+
+
+async def capped_courses(http, n: int, capacity: int, cap: int = 2,
+                         term: str | None = None) -> tuple[list[int], str]:
+    """n courses of an fcfs release open now, in a term capped at `cap`."""
+    course_ids = await courses_of(http, n, capacity=capacity)
+    term = term or unique("term")
+    await release(http, "fcfs", course_ids, term=term, term_cap=cap)
+    return course_ids, term
+
+
+async def held(db, who: str, course_ids: list[int]) -> list[int]:
+    rows = await db.fetch("SELECT course_id FROM bookings WHERE resident_id = $1 AND "
+                          "course_id = ANY($2::bigint[]) AND booking_active(status) "
+                          "ORDER BY course_id", who, course_ids)
+    return [row[0] for row in rows]
+
+
+async def test_one_resident_firing_ten_grabs_at_once_holds_exactly_the_cap(http, db):
+    course_ids, term = await capped_courses(http, 10, capacity=5)
+    who = unique("greedy")
+    answers = await asyncio.gather(*(grab(http, c, who) for c in course_ids))
+
+    statuses = Counter(a.status_code for a in answers)
+    assert statuses == {201: 2, 409: 8}, [a.text for a in answers]
+    mine = await held(db, who, course_ids)
+    assert len(mine) == 2
+    for answer in answers:
+        if answer.status_code == 409:
+            body = refused(answer, 409, "term_cap_reached")
+            assert (body["term"], body["cap"]) == (term, 2)
+    again = await grab(http, mine[0], who)  # a repeat grab of a held course: that booking
+    assert again.status_code == 200 and again.json()["course_id"] == mine[0]
+    # The seats the refused grabs took for a moment are back: 5 left in every other course.
+    for course_id in set(course_ids) - set(mine):
+        left = (await http.get(f"/v1/courses/{course_id}")).json()["seats_left"]
+        assert left == 5
+
+
+async def test_two_hundred_residents_each_firing_ten_grabs_hold_two_each(http, db):
+    course_ids, _ = await capped_courses(http, 10, capacity=100)
+    crowd = [unique("crowd") for _ in range(200)]
+    await asyncio.gather(*(grab(http, c, who) for who in crowd for c in course_ids))
+
+    rows = await db.fetch("SELECT resident_id, count(*) AS n FROM bookings WHERE "
+                          "course_id = ANY($1::bigint[]) AND booking_active(status) "
+                          "GROUP BY resident_id", course_ids)
+    assert {row["resident_id"]: row["n"] for row in rows} == dict.fromkeys(crowd, 2)
+
+
+async def test_a_cancel_gives_the_cap_back(http, db):
+    course_ids, _ = await capped_courses(http, 3, capacity=5)
+    who = unique("changer")
+    first = (await grab(http, course_ids[0], who)).json()
+    assert (await grab(http, course_ids[1], who)).status_code == 201
+    refused(await grab(http, course_ids[2], who), 409, "term_cap_reached")
+
+    assert (await cancel(http, first["id"], who)).status_code == 200
+    assert (await grab(http, course_ids[2], who)).status_code == 201
+    assert await held(db, who, course_ids) == course_ids[1:]
+
+
+async def test_postgres_refuses_the_booking_past_the_cap_with_the_gate_bypassed(http, db):
+    course_ids, _ = await capped_courses(http, 3, capacity=5)
+    who = unique("bypasser")
+    insert = "INSERT INTO bookings (id, course_id, resident_id) VALUES ($1, $2, $3)"
+    for course_id in course_ids[:2]:
+        await db.execute(insert, uuid.uuid4(), course_id, who)
+    with pytest.raises(asyncpg.CheckViolationError) as refusal:
+        await db.execute(insert, uuid.uuid4(), course_ids[2], who)
+    assert refusal.value.constraint_name == "bookings_term_cap"
+    assert len(await held(db, who, course_ids)) == 2
+
+
+async def test_a_swap_within_the_term_moves_the_cap_and_one_from_outside_is_refused(http, db):
+    course_ids, _ = await capped_courses(http, 3, capacity=5)
+    outside = (await courses_of(http, 1, capacity=5))[0]
+    who = unique("swapper")
+    first = (await grab(http, course_ids[0], who)).json()
+    assert (await grab(http, course_ids[1], who)).status_code == 201
+
+    moved = await http.post(f"/v1/bookings/{first['id']}/swap",
+                            json={"course_id": course_ids[2]}, headers=resident(who))
+    assert moved.status_code == 201, moved.text
+    assert await held(db, who, course_ids) == course_ids[1:]
+
+    elsewhere = (await grab(http, outside, who)).json()
+    into = await http.post(f"/v1/bookings/{elsewhere['id']}/swap",
+                           json={"course_id": course_ids[0]}, headers=resident(who))
+    refused(into, 409, "term_cap_reached")
+    assert await held(db, who, [outside, *course_ids]) == [*course_ids[1:], outside]
+
+
+async def test_a_promotion_skips_a_waiter_at_the_cap_who_leaves_that_waitlist(http, db):
+    course_ids, _ = await capped_courses(http, 3, capacity=1)
+    hot, a, b = course_ids
+    holder, capped, next_one = unique("holder"), unique("capped"), unique("next")
+    seat = (await grab(http, hot, holder)).json()
+    assert (await join_waitlist(http, hot, capped)).status_code == 201
+    assert (await join_waitlist(http, hot, next_one)).status_code == 201
+    for course_id in (a, b):  # the first waiter reaches the cap elsewhere
+        assert (await grab(http, course_id, capped)).status_code == 201
+
+    assert (await cancel(http, seat["id"], holder)).status_code == 200
+
+    assert await held(db, next_one, [hot]) == [hot]
+    assert await held(db, capped, [hot]) == []
+    place = await db.fetchval("SELECT status FROM waitlist WHERE course_id = $1 AND "
+                              "resident_id = $2", hot, capped)
+    assert place == "cleared"
+
+
+async def test_a_draw_win_past_the_cap_since_the_close_is_declined_and_passes_down(http, db):
+    term = unique("term")
+    fcfs_courses, _ = await capped_courses(http, 1, capacity=5, cap=1, term=term)
+    drawn = (await courses_of(http, 1, capacity=1))[0]
+    opens_at = datetime.now(UTC) - timedelta(minutes=1)
+    lottery = await release(http, "lottery", [drawn], term=term, term_cap=1,
+                            opens_at=opens_at.isoformat(),
+                            tiers=[{"name": "senior", "opens_at": opens_at.isoformat()}])
+    winner, second = unique("winner"), unique("second")
+    senior = {"Authorization": "Bearer " + mint(SECRET, "resident", winner, tier="senior")}
+    assert (await enter(http, lottery["id"], winner, [drawn], headers=senior)).status_code == 201
+    assert (await enter(http, lottery["id"], second, [drawn])).status_code == 201
+    await db.execute(CLOSE_NOW, lottery["id"])
+    frozen = (await http.get(f"/v1/releases/{lottery['id']}/entries.jsonl")).content
+    assert frozen.count(b'"cap":1') == 2  # both had room when entries closed
+    # After the close the senior, whom the draw puts first, takes a seat elsewhere in the term.
+    assert (await grab(http, fcfs_courses[0], winner)).status_code == 201
+
+    assert (await http.post(f"/v1/releases/{lottery['id']}/draw",
+                            headers=OPERATOR)).status_code == 201
+    mine = (await http.get(f"/v1/releases/{lottery['id']}/entry", headers=senior)).json()
+    assert [w["outcome"] for w in mine["results"]] == ["won"]
+    assert "booking_id" not in mine["results"][0]  # declined: no booking
+    assert await held(db, winner, [drawn]) == []
+    assert await held(db, second, [drawn]) == [drawn]  # the seat went down the waitlist
