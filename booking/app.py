@@ -59,6 +59,7 @@ from booking.releases import entries as release_entries
 from booking.releases import service as release_service
 from booking.seats import SeatGate
 from booking.seats.memory import GateMemory
+from booking.seats.quota import TermQuota
 from booking.seats.ratelimit import Limit, RateLimiter
 from booking.seats.reconcile import CourseLoader
 from booking.seats.seating import Seats
@@ -109,7 +110,8 @@ def _lifespan(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None
                                   Limit(*settings.rate_per_address))
             reads = ReadCache()
             app.state.update(settings=settings, pool=db, redis=cache, seats=seats, reads=reads,
-                             bookings=Bookings(seats, ledger, limiter, db),
+                             bookings=Bookings(seats, ledger, limiter, db, TermQuota(
+                                 cache, settings.pending_timeout_s)),
                              courses=Courses(db, seats, reads), waitlist=Waitlist(seats, db),
                              payments=Payments(db, settings.payment_secret),
                              signin=SignIn(db, settings), venues=venues.Venues(db, reads),

@@ -35,6 +35,7 @@ from booking.ledger.promotions import free_seat
 from booking.ledger.refunds import owe_refunds
 from booking.ledger.states import is_active
 from booking.seats import Outcome
+from booking.seats.quota import Taken, TermQuota
 from booking.seats.ratelimit import RateLimiter
 from booking.seats.seating import (
     ALREADY_BOOKED,
@@ -151,11 +152,13 @@ def booking_out(row: asyncpg.Record) -> BookingOut:
 
 class Bookings:
     def __init__(self, seats: Seats, ledger: BookingLedger, limiter: RateLimiter,
-                 pool: asyncpg.Pool) -> None:
+                 pool: asyncpg.Pool, quota: TermQuota | None = None) -> None:
         self.seats = seats
         self.ledger = ledger
         self.limiter = limiter
         self.pool = pool
+        self.quota = quota  # None: the term cap is Postgres's alone (it refuses the write)
+        self.caps = term_cap.TermCaps(pool)
 
     # --- the grab -----------------------------------------------------------------------------
 
@@ -171,7 +174,52 @@ class Bookings:
         """Take a seat and write the booking; or the booking already held; or why not.
         Refusals are returned, not raised (on release night almost every answer is one, and
         raising costs more than the rest of a sold-out answer); only a store that fails
-        raises."""
+        raises. A course of a capped term takes the resident's quota first."""
+        cap = await self.caps.of_course(course_id) if self.quota is not None else None
+        if cap is None:
+            return await self._grab(course_id, resident_id)
+        remembered = self.seats.remembered(course_id, resident_id)
+        if remembered is not None:  # a "no" this process knows costs no quota
+            GRABS.labels(remembered.outcome.value).inc()
+            return await self.seats.why_not(course_id, remembered)
+        taken = await self._take_quota(resident_id, course_id, cap)
+        if isinstance(taken, ApiError):
+            return taken
+        answer: Grabbed | ApiError | None = None
+        try:
+            answer = await self._grab(course_id, resident_id)
+        finally:
+            await self._keep_or_give_back(resident_id, course_id, taken, answer)
+        return answer
+
+    async def _take_quota(self, resident_id: str, course_id: int,
+                          cap: term_cap.Cap, instead_of: int | None = None) -> Taken | ApiError:
+        """The resident's quota for the course, or 409 `term_cap_reached`. The quota's refusal
+        is checked against Postgres: one it counted too many in (a lost give-back) is rebuilt
+        from Postgres and asked again, so a refusal is never the quota's word alone."""
+        assert self.quota is not None
+        taken = await self.quota.take(resident_id, course_id, cap.term, cap.cap, instead_of)
+        if taken.ok:
+            return taken
+        held = [c for c in await self.caps.held(resident_id, cap.term) if c != instead_of]
+        if len(held) < cap.cap:
+            await self.quota.rebuild(resident_id, await self.caps.held_capped(resident_id))
+            taken = await self.quota.take(resident_id, course_id, cap.term, cap.cap, instead_of)
+            if taken.ok:
+                return taken
+        return await term_cap.cap_reached(self.pool, course_id, resident_id)
+
+    async def _keep_or_give_back(self, resident_id: str, course_id: int, taken: Taken,
+                                 answer: Grabbed | ApiError | None) -> None:
+        """A booking holds the seat: the quota is settled; no booking (a refusal, a failed
+        write, a store that failed): a quota this grab took goes back."""
+        assert self.quota is not None
+        if isinstance(answer, Grabbed):
+            await self.quota.settle(resident_id, course_id)
+        elif taken.new:
+            await self.quota.give_back(resident_id, course_id)
+
+    async def _grab(self, course_id: int, resident_id: str) -> Grabbed | ApiError:
         booking_id = str(uuid.uuid4())
         decision = await self.seats.take(course_id, resident_id, booking_id)
         GRABS.labels(decision.outcome.value).inc()
@@ -275,6 +323,21 @@ class Bookings:
             raise DEADLINE_PASSED.again()
         if course_id == old["course_id"]:
             raise SAME_COURSE.again()
+        cap = await self.caps.of_course(course_id) if self.quota is not None else None
+        if cap is None:
+            return await self._swap(old, resident_id, course_id)
+        taken = await self._take_quota(resident_id, course_id, cap, instead_of=old["course_id"])
+        if isinstance(taken, ApiError):
+            raise taken
+        swapped: BookingOut | None = None
+        try:
+            swapped = await self._swap(old, resident_id, course_id)
+        finally:
+            await self._keep_or_give_back(resident_id, course_id, taken,
+                                          None if swapped is None else Grabbed(swapped, True))
+        return swapped
+
+    async def _swap(self, old: asyncpg.Record, resident_id: str, course_id: int) -> BookingOut:
         new_id = str(uuid.uuid4())
         decision = await self.seats.take(course_id, resident_id, new_id)
         if decision.outcome is not Outcome.TAKEN:

@@ -11,10 +11,35 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-from conftest import OPERATOR, SECRET, cancel, grab, join_waitlist, resident, unique
+from conftest import (
+    OPERATOR,
+    SECRET,
+    cancel,
+    grab,
+    join_waitlist,
+    resident,
+    run_cli,
+    service_env,
+    unique,
+    wait_for,
+)
 from test_lottery import CLOSE_NOW, courses_of, enter, refused, release
 
 from booking.core.auth import mint
+
+# Makes one resident's row of one course fail as a full disk would: surely not written.
+FAIL_ROW = """
+CREATE OR REPLACE FUNCTION test_term_cap_fail_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.course_id = {course_id} AND NEW.resident_id = '{resident}' THEN
+        RAISE EXCEPTION 'the disk said no';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER test_term_cap_fail_row BEFORE INSERT ON bookings
+    FOR EACH ROW EXECUTE FUNCTION test_term_cap_fail_row();
+"""
+STOP_FAILING = "DROP TRIGGER IF EXISTS test_term_cap_fail_row ON bookings"
 
 
 async def capped_courses(http, n: int, capacity: int, cap: int = 2,
@@ -152,3 +177,67 @@ async def test_a_draw_win_past_the_cap_since_the_close_is_declined_and_passes_do
     assert "booking_id" not in mine["results"][0]  # declined: no booking
     assert await held(db, winner, [drawn]) == []
     assert await held(db, second, [drawn]) == [drawn]  # the seat went down the waitlist
+
+
+async def quota_of(redis, who: str) -> dict[str, str]:
+    return await redis.hgetall(f"quota:{{r:{who}}}")
+
+
+async def test_the_quota_comes_back_after_sold_out_and_after_a_failed_write(http, db):
+    (full, open_one, other), _ = await capped_courses(http, 3, capacity=1, cap=1)
+    assert (await grab(http, full, unique("first"))).status_code == 201
+    who = unique("unlucky")
+    refused(await grab(http, full, who), 409, "sold_out")
+    assert (await grab(http, open_one, who)).status_code == 201
+
+    doomed = unique("doomed")
+    await db.execute(FAIL_ROW.format(course_id=other, resident=doomed))
+    try:
+        assert (await grab(http, other, doomed)).status_code == 503
+    finally:
+        await db.execute(STOP_FAILING)
+    assert (await grab(http, other, doomed)).status_code == 201
+
+
+async def test_an_expired_hold_gives_the_quota_back(http, db):
+    paid = await courses_of(http, 2, capacity=5, paid=2)
+    await release(http, "fcfs", paid, term=unique("term"), term_cap=1)
+    who = unique("late-payer")
+    hold = (await grab(http, paid[0], who)).json()
+    assert hold["status"] == "held"
+    refused(await grab(http, paid[1], who), 409, "term_cap_reached")
+    await db.execute("UPDATE bookings SET expires_at = now() - interval '1 second' "
+                     "WHERE id = $1", uuid.UUID(hold["id"]))
+
+    async def expired() -> bool:
+        status = await db.fetchval("SELECT status FROM bookings WHERE id = $1",
+                                   uuid.UUID(hold["id"]))
+        return status == "expired"
+
+    await wait_for(expired)
+    assert (await grab(http, paid[1], who)).status_code == 201
+
+
+async def test_a_quota_that_counts_too_many_never_refuses_on_its_own_word(http, db, redis):
+    course_ids, term = await capped_courses(http, 2, capacity=5, cap=2)
+    who = unique("miscounted")
+    assert (await grab(http, course_ids[0], who)).status_code == 201
+    await redis.hset(f"quota:{{r:{who}}}", "999999999", f"h|{term}")  # a lost give-back
+
+    assert (await grab(http, course_ids[1], who)).status_code == 201
+    assert sorted(await quota_of(redis, who)) == sorted(str(c) for c in course_ids)
+
+
+async def test_booking_reconcile_rebuilds_lost_quotas_and_postgres_refuses_meanwhile(
+        http, db, redis, stores, tmp_path):
+    course_ids, term = await capped_courses(http, 3, capacity=5, cap=2)
+    who = unique("forgotten")
+    for course_id in course_ids[:2]:
+        assert (await grab(http, course_id, who)).status_code == 201
+    await redis.delete(f"quota:{{r:{who}}}")  # Redis lost it
+
+    refused(await grab(http, course_ids[2], who), 409, "term_cap_reached")  # Postgres's word
+    rebuilt = run_cli(service_env(stores, tmp_path), "reconcile")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "term-cap quotas" in rebuilt.stdout
+    assert await quota_of(redis, who) == {str(c): f"h|{term}" for c in course_ids[:2]}

@@ -19,6 +19,7 @@ from booking.ledger.locks import lock_courses
 from booking.ledger.outbox import add_notification
 from booking.ledger.term_cap import CONSTRAINT as TERM_CAP
 from booking.seats import Promotion, SeatGate
+from booking.seats.quota import quota_key
 
 log = logging.getLogger("booking.ledger.promotions")
 
@@ -50,6 +51,8 @@ async def free_seat(pool: asyncpg.Pool, gate: SeatGate, course_id: int, resident
     """Free a booking's seat; the first resident waiting gets it. False when that booking held
     no seat in the gate (already freed, or the gate lost the course)."""
     freed, promoted = await gate.free(course_id, resident_id, booking_id, promotions=1)
+    if freed:  # the seat no longer counts toward the resident's term cap (if it did)
+        await gate.redis.hdel(quota_key(resident_id), str(course_id))
     await write_promotions(pool, gate, promoted)
     return freed
 

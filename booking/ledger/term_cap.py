@@ -6,9 +6,12 @@ answer a resident gets: 409 `term_cap_reached`, with the term, its cap and what 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import asyncpg
 
 from booking.core.errors import Conflict
+from booking.core.readcache import ReadCache
 
 CONSTRAINT = "bookings_term_cap"
 TERM_OF_COURSE = """
@@ -31,3 +34,58 @@ async def cap_reached(pool: asyncpg.Pool, course_id: int, resident_id: str) -> C
     return Conflict(f"You hold {len(held)} seat(s) in term {term['term']}, its cap is "
                     f"{term['term_cap']}: cancel one to take another.", code="term_cap_reached",
                     extra={"term": term["term"], "cap": term["term_cap"], "held": held})
+
+
+@dataclass(frozen=True, slots=True)
+class Cap:
+    term: str
+    cap: int
+
+
+CAP_OF_COURSE = """
+SELECT r.term, r.term_cap FROM courses c JOIN releases r ON r.id = c.release_id
+WHERE c.id = $1 AND r.term_cap IS NOT NULL
+"""
+# Every active booking of a resident in a capped term: (course, term).
+HELD_CAPPED = """
+SELECT b.course_id, r.term FROM bookings b
+JOIN courses c ON c.id = b.course_id JOIN releases r ON r.id = c.release_id
+WHERE b.resident_id = $1 AND r.term_cap IS NOT NULL AND booking_active(b.status)
+"""
+ALL_HELD_CAPPED = """
+SELECT b.resident_id, b.course_id, r.term FROM bookings b
+JOIN courses c ON c.id = b.course_id JOIN releases r ON r.id = c.release_id
+WHERE r.term_cap IS NOT NULL AND booking_active(b.status)
+ORDER BY b.resident_id
+"""
+
+
+class TermCaps:
+    """Which courses count toward a term's cap, remembered for a second per process (a course
+    joins a release once, before its release opens; until this process knows, Postgres still
+    refuses past the cap)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.reads = ReadCache()
+
+    async def of_course(self, course_id: int) -> Cap | None:
+        row = await self.reads.get(("term-cap", course_id),
+                                   lambda: self.pool.fetchrow(CAP_OF_COURSE, course_id))
+        return None if row is None else Cap(row["term"], row["term_cap"])
+
+    async def held(self, resident_id: str, term: str) -> list[int]:
+        """The courses of `term` in which the resident holds a seat, as Postgres has it."""
+        return [row[0] for row in await self.pool.fetch(HELD_IN_TERM, resident_id, term)]
+
+    async def held_capped(self, resident_id: str) -> list[tuple[int, str]]:
+        """(course, term) of every seat the resident holds in a capped term."""
+        return [(row[0], row[1]) for row in await self.pool.fetch(HELD_CAPPED, resident_id)]
+
+
+async def all_held_capped(pool: asyncpg.Pool) -> dict[str, list[tuple[int, str]]]:
+    """Every resident's seats in capped terms: what the gate's quotas are rebuilt from."""
+    held: dict[str, list[tuple[int, str]]] = {}
+    for row in await pool.fetch(ALL_HELD_CAPPED):
+        held.setdefault(row["resident_id"], []).append((row["course_id"], row["term"]))
+    return held

@@ -88,6 +88,8 @@ def _token_arguments(token: argparse.ArgumentParser) -> None:
     token.add_argument("role", choices=["resident", "venue", "operator"])
     token.add_argument("id", nargs="?", help="resident id, or venue id for a venue token")
     token.add_argument("--days", type=float, default=30, help="validity in days (default 30)")
+    token.add_argument("--tier", help="a resident's priority group (e.g. senior): earlier "
+                       "openings in releases that name it")
     token.set_defaults(run=_command("tools", "token"))
 
 

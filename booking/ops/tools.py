@@ -52,7 +52,25 @@ async def rebuild_gate(stores: Stores, settings: Settings) -> ReconcileReport:
     from booking.seats import SeatGate
     from booking.seats.reconcile import reconcile_all
 
-    return await reconcile_all(stores.pool, SeatGate(stores.redis), settings.pending_timeout_s)
+    report = await reconcile_all(stores.pool, SeatGate(stores.redis),
+                                 settings.pending_timeout_s)
+    report.quotas = await rebuild_quotas(stores, settings)
+    return report
+
+
+async def rebuild_quotas(stores: Stores, settings: Settings) -> int:
+    """Every resident's term-cap quota rebuilt from Postgres (stale ones dropped); how many
+    residents hold seats in capped terms."""
+    from booking.ledger.term_cap import all_held_capped
+    from booking.seats.quota import TermQuota
+
+    async for key in stores.redis.scan_iter(match="quota:*", count=1000):
+        await stores.redis.delete(key)
+    quota = TermQuota(stores.redis, settings.pending_timeout_s)
+    held = await all_held_capped(stores.pool)
+    for resident_id, seats in held.items():
+        await quota.rebuild(resident_id, seats)
+    return len(held)
 
 
 def reconcile(_: argparse.Namespace) -> int:
@@ -63,7 +81,8 @@ def reconcile(_: argparse.Namespace) -> int:
     with running(Settings.from_env()) as ready:
         report = asyncio.run(run(ready))
     print(f"Reconciled {report.courses} courses: {report.restored} bookings restored, "
-          f"{report.given_back} seats given back.")
+          f"{report.given_back} seats given back; term-cap quotas of {report.quotas} "
+          "residents rebuilt.")
     return 0
 
 
@@ -85,5 +104,5 @@ def token(args: argparse.Namespace) -> int:
         print(mint(settings.secret, "venue", f"venue-{args.id}", venue_id=int(args.id),
                    days=args.days))
         return 0
-    print(mint(settings.secret, "resident", args.id, days=args.days))
+    print(mint(settings.secret, "resident", args.id, days=args.days, tier=args.tier))
     return 0

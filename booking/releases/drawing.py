@@ -37,7 +37,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
 from booking.core.auth import requires
-from booking.core.errors import Conflict, NotFound
+from booking.core.errors import Conflict, NotFound, documented
 from booking.core.fields import storable_id
 from booking.core.readcache import ReadCache
 from booking.ledger.locks import lock_courses
@@ -383,7 +383,8 @@ async def draw_release(release_id: ReleaseId,
     return Response(drawn.record, status_code=201 if drawn.created else 200)
 
 
-@get("/v1/releases/{release_id:int}/draw", operation_id="getDraw", tags=["releases"])
+@get("/v1/releases/{release_id:int}/draw", operation_id="getDraw", tags=["releases"],
+     responses=documented(400, 404, 409, 503))
 async def get_draw(release_id: ReleaseId, draws: NamedDependency[Draws]) -> dict[str, Any]:
     """The draw's record (public): digests, beacon, seed and where the files are; 409
     `not_drawn` before the draw. `booking verify-draw` re-checks it."""
@@ -391,7 +392,7 @@ async def get_draw(release_id: ReleaseId, draws: NamedDependency[Draws]) -> dict
 
 
 @get("/v1/releases/{release_id:int}/entries.jsonl", operation_id="getDrawEntries",
-     tags=["releases"], media_type=JSONL)
+     tags=["releases"], media_type=JSONL, responses=documented(400, 404, 409, 503))
 async def get_entries_file(release_id: ReleaseId, draws: NamedDependency[Draws]) -> bytes:
     """The frozen entries file, byte for byte as hashed (public, from the close; 409
     `entries_open` before)."""
@@ -399,7 +400,7 @@ async def get_entries_file(release_id: ReleaseId, draws: NamedDependency[Draws])
 
 
 @get("/v1/releases/{release_id:int}/results.jsonl", operation_id="getDrawResults",
-     tags=["releases"], media_type=JSONL)
+     tags=["releases"], media_type=JSONL, responses=documented(400, 404, 409, 503))
 async def get_results_file(release_id: ReleaseId, draws: NamedDependency[Draws]) -> bytes:
     """The results file, byte for byte as hashed (public; 409 `not_drawn` before the draw)."""
     return await draws.results_file(release_id)

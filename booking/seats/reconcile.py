@@ -78,6 +78,7 @@ class ReconcileReport:
     courses: int = 0
     given_back: int = 0
     restored: int = 0
+    quotas: int = 0  # residents whose term-cap quota was rebuilt (booking/ops/tools.py)
 
 
 async def reconcile_all(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: float,

@@ -54,6 +54,10 @@ class Seats:
                 return reason
         return refusal(decision)
 
+    def remembered(self, course_id: int, resident_id: str) -> Decision | None:
+        """The refusal this process's memory holds for the grab, if any (no Redis)."""
+        return None if self.memory is None else self.memory.answer(course_id, resident_id)
+
     async def take(self, course_id: int, resident_id: str, booking_id: str) -> Decision:
         """Take a seat (grab.lua); TAKEN leaves it pending until the booking is written. A
         refusal the memory still holds is answered without asking the gate."""

@@ -1,0 +1,70 @@
+"""The term cap at the gate: a resident's quota of seats per term, taken before the seat.
+
+Postgres refuses any booking past a term's cap (booking/ledger/term_cap.py); this quota answers
+before a seat is even taken, so a resident at the cap neither holds a seat for a moment (which
+a racer would see as sold out) nor sends a write that must fail. One hash per resident, in the
+resident's own slot (so the scripts never cross slots): course id -> state and term. A take is
+pending until the booking is written (`settle`), and lapses by itself if its taker never comes
+back (a crashed process); a refused seat or a failed write gives it back (`give_back`), and so
+does every freed seat (`SeatGate.free` callers: cancel, expiry, swap). It may count too few (a
+promotion does not take it, a flush loses it): Postgres still refuses, and a `rebuild` from
+Postgres puts it right. It never refuses on its own word: a caller checks a refusal against
+Postgres first (booking/bookings.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from booking.seats.scripts import load_script
+
+
+def quota_key(resident_id: str) -> str:
+    return f"quota:{{r:{resident_id}}}"
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    ok: bool  # False: the cap is reached
+    new: bool = False  # True: taken by this call (give it back if no booking follows)
+    held: list[int] = field(default_factory=list)  # when refused: the courses counted
+
+
+class TermQuota:
+    def __init__(self, redis: Redis, pending_s: float) -> None:
+        self._redis = redis
+        self._pending_ms = int(pending_s * 1000)
+        self._take = load_script(redis, "booking.seats", "quota_take")
+        self._settle = load_script(redis, "booking.seats", "quota_settle")
+
+    async def take(self, resident_id: str, course_id: int, term: str, cap: int,
+                   instead_of: int | None = None) -> Taken:
+        """Count `course_id` in the resident's seats of `term` unless `cap` are counted
+        already (not counting `instead_of`, the course a swap leaves)."""
+        reply = await self._take(keys=[quota_key(resident_id)], args=[
+            course_id, term, cap, int(time.time() * 1000), self._pending_ms,
+            "" if instead_of is None else instead_of])
+        if int(reply[0]):
+            return Taken(True, bool(int(reply[1])))
+        return Taken(False, held=sorted(int(c) for c in reply[1:]))
+
+    async def settle(self, resident_id: str, course_id: int) -> None:
+        await self._settle(keys=[quota_key(resident_id)], args=[course_id])
+
+    async def give_back(self, resident_id: str, course_id: int) -> None:
+        await self._redis.hdel(quota_key(resident_id), str(course_id))
+
+    async def rebuild(self, resident_id: str, held: Iterable[tuple[int, str]]) -> None:
+        """The resident's quota as Postgres has it: (course, term) of each active booking in
+        a capped term. Takes in flight are dropped (Postgres still refuses past the cap)."""
+        key = quota_key(resident_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            mapping = {str(course): f"h|{term}" for course, term in held}
+            if mapping:
+                pipe.hset(key, mapping=mapping)
+            await pipe.execute()
