@@ -25,8 +25,10 @@ from booking.bookings import BookingOut, Bookings, is_active
 from booking.core.errors import ApiError, NotFound
 from booking.core.settings import Settings
 from booking.courses import CourseOut, Courses
+from booking.releases.service import Releases
 from booking.waitlist import Waitlist, WaitlistEntryOut
 from booking.web.i18n import Words
+from booking.web.release_page import draw_pending, release_of, release_path
 from booking.web.render import page, see_other, sign_in_first, visitor
 
 # Refusal codes a grab or a join may send to the result page (anything else is ignored).
@@ -90,12 +92,17 @@ def countdown(words: Words, course: CourseOut) -> Countdown | None:
 
 @get("/courses/{course_id:int}", name="course")
 async def course_page(request: Request, course_id: FromPath[int],
-                      courses: NamedDependency[Courses]) -> Template:
+                      courses: NamedDependency[Courses],
+                      releases: NamedDependency[Releases]) -> Template:
     """A course's facts, live seats, the countdown to its opening and the one big button;
-    `GET /v1/courses/{id}` gives the same facts."""
+    `GET /v1/courses/{id}` gives the same facts. A course of a release links to it; while its
+    release's draw is pending, the button leads there instead of grabbing (no countdown: the
+    course's opening is a placeholder until the draw)."""
     course = await courses.one(course_id)
+    release = await release_of(course, releases)
     words = visitor(request).words
-    return page(request, "course.html", course=course, countdown=countdown(words, course))
+    return page(request, "course.html", course=course, release=release,
+                countdown=None if draw_pending(release) else countdown(words, course))
 
 
 @post("/courses/{course_id:int}/grab", name="grab", status_code=303)
@@ -129,9 +136,12 @@ async def join_from_page(request: Request, course_id: FromPath[int],
 
 
 def _refused(request: Request, course_id: int, error: ApiError) -> Redirect:
-    """A refusal goes to the result page by its code; no such course is a 404 page."""
+    """A refusal goes to the result page by its code; no such course is a 404 page; a course
+    whose release has not been drawn yet sends the resident to the release's wish form."""
     if isinstance(error, NotFound):
         raise error.again()
+    if error.code == "draw_pending" and isinstance(error.extra.get("release_id"), int):
+        return see_other(release_path(error.extra["release_id"]), request)
     code = error.code if error.code in REFUSALS else "unavailable"
     return see_other(result_path(course_id, code), request)
 
@@ -181,7 +191,7 @@ async def outcome(course: CourseOut, code: str | None, resident_id: str,
 async def result_page(request: Request, course_id: FromPath[int],
                       courses: NamedDependency[Courses],
                       bookings: NamedDependency[Bookings], waitlist: NamedDependency[Waitlist],
-                      settings: NamedDependency[Settings],
+                      settings: NamedDependency[Settings], releases: NamedDependency[Releases],
                       code: FromQuery[str | None] = None
                       ) -> Template | Redirect:
     """How the grab (or the join) went, in words: 已抢到, 请在 N 分钟内付款, 候补第 N 位, 已满,
@@ -193,8 +203,10 @@ async def result_page(request: Request, course_id: FromPath[int],
     found = await outcome(course, code if code in REFUSALS else None, resident_id, bookings,
                           waitlist)
     words = visitor(request).words
+    release = await release_of(course, releases)
     return page(request, "result.html", course=course, outcome=found, demo=settings.demo,
-                countdown=countdown(words, course), here_path=result_path(course_id))
+                release=release, here_path=result_path(course_id),
+                countdown=None if draw_pending(release) else countdown(words, course))
 
 
 HANDLERS: list[Any] = [course_page, grab_from_page, join_from_page, result_page]

@@ -11,6 +11,7 @@ English, with and without JavaScript.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -262,3 +263,91 @@ DESK_PAGES: dict[str, Callable[[Api], Visit]] = {
     "record": my_record,
 }
 PAGES.update(DESK_PAGES)
+
+
+# --- releases (issue 13): a release's page, and a course page while its draw is pending -------
+
+RELEASE_BEACON = "2718 2818 sealed at the release's announcement"
+
+
+def release_of(api: Api, mode: str, courses: int = 3, capacity: int = 20,
+               **fields: object) -> dict[str, object]:
+    """A release of new courses at one venue, opened a minute ago (a lottery's entries close in
+    an hour unless `closes_at` says otherwise); its title is data, as a course's is."""
+    venue_id = api.venue()["id"]
+    now = datetime.now(UTC)
+    body: dict[str, object] = {
+        "title": f"{TITLE} {tag()}", "mode": mode, "term": f"term-{tag()}",
+        "course_ids": [api.course(venue_id=venue_id, capacity=capacity)["id"]
+                       for _ in range(courses)],
+        "opens_at": (now - timedelta(minutes=1)).isoformat()}
+    if mode != "fcfs":
+        body |= {"beacon": RELEASE_BEACON, "max_wishes": 3}
+    if mode == "lottery":
+        body["closes_at"] = (now + timedelta(hours=1)).isoformat()
+    answer = api.http.post("/v1/releases", json={**body, **fields}, headers=api.operator)
+    assert answer.status_code == 201, f"POST /v1/releases: {answer.text}"
+    return answer.json()
+
+
+def enter(api: Api, release_id: object, resident: str, wishes: list[object]) -> None:
+    answer = api.http.put(f"/v1/releases/{release_id}/entry", json={"wishes": wishes},
+                          headers={"Authorization": f"Bearer {api.token(resident)}"})
+    assert answer.status_code == 201, f"entry in {release_id}: {answer.text}"
+
+
+def choose_wishes(*course_ids: object) -> Action:
+    """On a release page: pick `course_ids` as wishes 1, 2, ... and submit `form#entry`."""
+    def action(page: Page) -> None:
+        for rank, course_id in enumerate(course_ids, start=1):
+            page.select_option(f"form#entry select#wish-{rank}", str(course_id))
+        with page.expect_navigation():
+            page.locator("form#entry [type=submit]").click()
+    return action
+
+
+def release_entry(api: Api) -> Visit:
+    """A lottery open for entries: wishes chosen and submitted, the page with the receipt."""
+    release = release_of(api, "lottery")
+    first, second, _ = release["course_ids"]
+    return Visit(f"/releases/{release['id']}", resident=api.resident(),
+                 then=choose_wishes(second, first))
+
+
+def release_drawn(api: Api) -> Visit:
+    """A drawn lottery (term cap 1, one-seat courses): one wish won, one waiting, one not."""
+    closes = datetime.now(UTC) + timedelta(seconds=2)
+    release = release_of(api, "lottery", capacity=1, term_cap=1, closes_at=closes.isoformat())
+    a, b, c = release["course_ids"]
+    me = api.resident()
+    for who, wishes in ((me, [a, b, c]), (api.resident(), [a, b, c]),
+                        (api.resident(), [a, b, c]), (api.resident(), [a, c])):
+        enter(api, release["id"], who, wishes)
+    deadline = time.monotonic() + 30
+    while True:  # entries close two seconds after creation: draw as soon as they have
+        answer = api.http.post(f"/v1/releases/{release['id']}/draw", headers=api.operator)
+        if answer.status_code in (200, 201):
+            break
+        assert answer.json().get("code") == "entries_open" and time.monotonic() < deadline, \
+            f"draw {release['id']}: {answer.text}"
+        time.sleep(0.2)
+    return Visit(f"/releases/{release['id']}", resident=me)
+
+
+def release_fcfs(api: Api) -> Visit:
+    return Visit(f"/releases/{release_of(api, 'fcfs', term_cap=2)['id']}")
+
+
+def course_draw_pending(api: Api) -> Visit:
+    """A course of a lottery open for entries: its button leads to the release."""
+    release = release_of(api, "lottery", courses=1)
+    return Visit(f"/courses/{release['course_ids'][0]}", resident=api.resident())
+
+
+RELEASE_PAGES: dict[str, Callable[[Api], Visit]] = {
+    "release-entry": release_entry,
+    "release-drawn": release_drawn,
+    "release-fcfs": release_fcfs,
+    "course-draw-pending": course_draw_pending,
+}
+PAGES.update(RELEASE_PAGES)

@@ -24,8 +24,10 @@ from .flows import (
     NEAR_M,
     OBSERVE_STREAM,
     api_get,
+    bearer,
     bookings_of,
     confirmed_with_qr,
+    cookie_token,
     follow,
     go,
     listed,
@@ -36,7 +38,7 @@ from .flows import (
     seats_left,
     sign_in_on_page,
 )
-from .pages import submit
+from .pages import choose_wishes, release_of, submit
 from .tab import Tab
 
 JS = [pytest.param(True, id="js"), pytest.param(False, id="nojs")]
@@ -293,4 +295,45 @@ def test_a_booking_is_cancelled_on_a_confirm_page(js: bool, api: Api,
     assert [b["status"] for b in bookings_of(api, api.token(me), course["id"])] == [
         "cancelled"]
     assert seats_left(api, course["id"]) == 3
+    assert tab.problems() == []
+
+
+@pytest.mark.parametrize("js", JS)
+def test_a_resident_enters_wishes_from_a_course_page_changes_them_and_withdraws(
+        js: bool, api: Api, open_tab: Callable[..., Tab], server_log: Path) -> None:
+    """A lottery's course page leads to the release (no grab); signing in leads back there;
+    the wishes chosen are the API's entry; changed, the receipt stays; withdrawn, it is gone."""
+    release = release_of(api, "lottery")
+    first, second, third = release["course_ids"]
+    path = f"/releases/{release['id']}"
+    tab = open_tab(js=js)
+    page = tab.page
+
+    go(tab, f"/courses/{first}")
+    expect(page.locator("form#grab")).to_have_count(0)
+    follow(page, page.locator("a#release-button", has_text="报名中：去填写志愿"))
+    assert path_of(page) == path
+    follow(page, page.locator("#my-entry a", has_text="登录后填写志愿"))
+    sign_in_on_page(page, server_log, mobile())
+    assert path_of(page) == path, page.url
+
+    choose_wishes(second, first)(page)
+    expect(page.locator("#my-entry [role=status]")).to_have_text(
+        "志愿已保存。截止前可以随时修改或撤回。")
+    receipt = page.locator("[data-entry-id]").get_attribute("data-entry-id")
+    token = cookie_token(tab)
+    entry = api_get(api, f"/v1/releases/{release['id']}/entry", token)
+    assert (entry["entry_id"], entry["wishes"]) == (receipt, [second, first])
+    expect(page.locator("select#wish-1")).to_have_value(str(second))
+
+    choose_wishes(third)(page)  # only wish 1 changes: wish 2 was filled in from the entry
+    again = api_get(api, f"/v1/releases/{release['id']}/entry", token)
+    assert again["entry_id"] == receipt and again["wishes"] == [third, first]
+
+    submit("form#withdraw")(page)
+    expect(page.locator("#my-entry [role=status]")).to_have_text(
+        "已撤回报名，您不参加这次抽签。")
+    expect(page.locator("[data-entry-id]")).to_have_count(0)
+    gone = api.http.get(f"/v1/releases/{release['id']}/entry", headers=bearer(token))
+    assert gone.status_code == 404
     assert tab.problems() == []
