@@ -42,6 +42,7 @@ from booking.seats.seating import (
     COURSE_CANCELLED,
     SOLD_OUT,
     Seats,
+    not_open,
     refusal,
 )
 
@@ -170,19 +171,29 @@ class Bookings:
         GRABS.labels("rate_limited").inc()
         return RateLimited.waiting(wait_s, "Too many grabs; please wait a moment.")
 
-    async def grab(self, course_id: int, resident_id: str) -> Grabbed | ApiError:
+    async def grab(self, course_id: int, resident_id: str,
+                   tier: str | None = None) -> Grabbed | ApiError:
         """Take a seat and write the booking; or the booking already held; or why not.
         Refusals are returned, not raised (on release night almost every answer is one, and
         raising costs more than the rest of a sold-out answer); only a store that fails
-        raises. A course of a capped term takes the resident's quota first."""
-        cap = await self.caps.of_course(course_id) if self.quota is not None else None
-        if cap is None:
+        raises. A course of a first-come release opens at the caller's own opening (their
+        `tier`'s, if the release names it); one of a capped term takes the resident's quota
+        first."""
+        rules = await self.caps.of_course(course_id) if storable_id(course_id) else None
+        if rules is None:
+            return await self._grab(course_id, resident_id)
+        if rules.mode == "fcfs" and rules.tier_openings:
+            opens_at = rules.opens_for(tier)
+            if opens_at.timestamp() > time.time():
+                GRABS.labels(Outcome.NOT_OPEN.value).inc()
+                return not_open(int(opens_at.timestamp() * 1000))
+        if rules.cap is None or self.quota is None:
             return await self._grab(course_id, resident_id)
         remembered = self.seats.remembered(course_id, resident_id)
         if remembered is not None:  # a "no" this process knows costs no quota
             GRABS.labels(remembered.outcome.value).inc()
             return await self.seats.why_not(course_id, remembered)
-        taken = await self._take_quota(resident_id, course_id, cap)
+        taken = await self._take_quota(resident_id, course_id, rules)
         if isinstance(taken, ApiError):
             return taken
         answer: Grabbed | ApiError | None = None
@@ -192,19 +203,20 @@ class Bookings:
             await self._keep_or_give_back(resident_id, course_id, taken, answer)
         return answer
 
-    async def _take_quota(self, resident_id: str, course_id: int,
-                          cap: term_cap.Cap, instead_of: int | None = None) -> Taken | ApiError:
+    async def _take_quota(self, resident_id: str, course_id: int, rules: term_cap.CourseRules,
+                          instead_of: int | None = None) -> Taken | ApiError:
         """The resident's quota for the course, or 409 `term_cap_reached`. The quota's refusal
         is checked against Postgres: one it counted too many in (a lost give-back) is rebuilt
         from Postgres and asked again, so a refusal is never the quota's word alone."""
-        assert self.quota is not None
-        taken = await self.quota.take(resident_id, course_id, cap.term, cap.cap, instead_of)
+        assert self.quota is not None and rules.cap is not None
+        term, cap = rules.term, rules.cap
+        taken = await self.quota.take(resident_id, course_id, term, cap, instead_of)
         if taken.ok:
             return taken
-        held = [c for c in await self.caps.held(resident_id, cap.term) if c != instead_of]
-        if len(held) < cap.cap:
+        held = [c for c in await self.caps.held(resident_id, term) if c != instead_of]
+        if len(held) < cap:
             await self.quota.rebuild(resident_id, await self.caps.held_capped(resident_id))
-            taken = await self.quota.take(resident_id, course_id, cap.term, cap.cap, instead_of)
+            taken = await self.quota.take(resident_id, course_id, term, cap, instead_of)
             if taken.ok:
                 return taken
         return await term_cap.cap_reached(self.pool, course_id, resident_id)
@@ -323,10 +335,11 @@ class Bookings:
             raise DEADLINE_PASSED.again()
         if course_id == old["course_id"]:
             raise SAME_COURSE.again()
-        cap = await self.caps.of_course(course_id) if self.quota is not None else None
-        if cap is None:
+        rules = await self.caps.of_course(course_id)
+        if rules is None or rules.cap is None or self.quota is None:
             return await self._swap(old, resident_id, course_id)
-        taken = await self._take_quota(resident_id, course_id, cap, instead_of=old["course_id"])
+        taken = await self._take_quota(resident_id, course_id, rules,
+                                       instead_of=old["course_id"])
         if isinstance(taken, ApiError):
             raise taken
         swapped: BookingOut | None = None
@@ -452,7 +465,7 @@ async def grab_seat(request: Caller, course_id: CourseId,
     limited = await bookings.limit(resident_id, _address(request))
     if limited is not None:
         return answer(limited)
-    result = await bookings.grab(course_id, resident_id)
+    result = await bookings.grab(course_id, resident_id, request.user.tier)
     if isinstance(result, ApiError):
         return answer(result)
     return Response(result.booking, status_code=201 if result.new else 200)

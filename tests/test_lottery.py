@@ -295,3 +295,22 @@ async def test_verify_draw_fails_when_a_published_byte_changes(http, db, stores,
     (tmp_path / f"{where}.json").write_bytes(bytes(tampered))
     checked = run_cli(env, "verify-draw", *paths)
     assert checked.returncode == 1, checked.stdout + checked.stderr
+
+
+async def test_a_senior_grabs_before_the_opening_and_others_hear_their_own_opening(http):
+    course_ids = await courses_of(http, 1, capacity=5)
+    now = datetime.now(UTC).replace(microsecond=0)  # not_open speaks in milliseconds
+    fcfs = await release(http, "fcfs", course_ids, opens_at=iso(now + timedelta(hours=1)),
+                         tiers=[{"name": "senior", "opens_at": iso(now - timedelta(minutes=1))}])
+    senior = unique("senior")
+    token = {"Authorization": "Bearer " + mint(SECRET, "resident", senior, tier="senior")}
+    early = await http.post(f"/v1/courses/{course_ids[0]}/bookings", headers=token)
+    assert early.status_code == 201, early.text
+
+    others = await grab(http, course_ids[0], unique("everyone"))
+    body = refused(others, 409, "not_open")
+    assert datetime.fromisoformat(body["opens_at"]) == datetime.fromisoformat(fcfs["opens_at"])
+    assert int(others.headers["Retry-After"]) > 3000
+    junior = {"Authorization": "Bearer " + mint(SECRET, "resident", unique("j"), tier="junior")}
+    refused(await http.post(f"/v1/courses/{course_ids[0]}/bookings", headers=junior),
+            409, "not_open")  # a tier the release does not name counts as none

@@ -6,7 +6,9 @@ answer a resident gets: 409 `term_cap_reached`, with the term, its cap and what 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -37,14 +39,25 @@ async def cap_reached(pool: asyncpg.Pool, course_id: int, resident_id: str) -> C
 
 
 @dataclass(frozen=True, slots=True)
-class Cap:
+class CourseRules:
+    """What a course's release adds to a grab of it: the term's cap, and the openings of the
+    priority tiers of a first-come release."""
+
     term: str
-    cap: int
+    cap: int | None  # None: no cap in this term
+    mode: str
+    opens_at: datetime
+    tier_openings: dict[str, datetime]
+
+    def opens_for(self, tier: str | None) -> datetime:
+        """When a first-come release opens for a member of `tier` (no tier, or one the release
+        does not name: its opens_at)."""
+        return self.tier_openings.get(tier or "", self.opens_at)
 
 
-CAP_OF_COURSE = """
-SELECT r.term, r.term_cap FROM courses c JOIN releases r ON r.id = c.release_id
-WHERE c.id = $1 AND r.term_cap IS NOT NULL
+RULES_OF_COURSE = """
+SELECT r.term, r.term_cap, r.mode, r.opens_at, r.tiers
+FROM courses c JOIN releases r ON r.id = c.release_id WHERE c.id = $1
 """
 # Every active booking of a resident in a capped term: (course, term).
 HELD_CAPPED = """
@@ -61,18 +74,25 @@ ORDER BY b.resident_id
 
 
 class TermCaps:
-    """Which courses count toward a term's cap, remembered for a second per process (a course
-    joins a release once, before its release opens; until this process knows, Postgres still
-    refuses past the cap)."""
+    """The release rules of courses, remembered for a second per process (a course joins a
+    release once, before its release opens; until this process knows, Postgres still refuses
+    past the cap)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.reads = ReadCache()
 
-    async def of_course(self, course_id: int) -> Cap | None:
-        row = await self.reads.get(("term-cap", course_id),
-                                   lambda: self.pool.fetchrow(CAP_OF_COURSE, course_id))
-        return None if row is None else Cap(row["term"], row["term_cap"])
+    async def of_course(self, course_id: int) -> CourseRules | None:
+        """None for a course in no release."""
+        return await self.reads.get(("release-rules", course_id), lambda: self._load(course_id))
+
+    async def _load(self, course_id: int) -> CourseRules | None:
+        row = await self.pool.fetchrow(RULES_OF_COURSE, course_id)
+        if row is None:
+            return None
+        tiers = {tier["name"]: datetime.fromisoformat(tier["opens_at"])
+                 for tier in json.loads(row["tiers"])}
+        return CourseRules(row["term"], row["term_cap"], row["mode"], row["opens_at"], tiers)
 
     async def held(self, resident_id: str, term: str) -> list[int]:
         """The courses of `term` in which the resident holds a seat, as Postgres has it."""

@@ -75,7 +75,8 @@ async def prepare(settings: Settings, *, demo: bool) -> DemoTerm | None:
             term = await load_demo(conn) if demo else None
         report = await rebuild_gate(stores, settings)
     print(f"Seat gate rebuilt from Postgres: {report.courses} courses, "
-          f"{report.restored} bookings restored, {report.given_back} stale seats given back.")
+          f"{report.restored} bookings restored, {report.given_back} stale seats given back, "
+          f"term-cap quotas of {report.quotas} residents.")
     if term is not None:
         print_demo(settings, term)
     return term

@@ -5,7 +5,9 @@ rows are locked first (the ledger's one order), then the term's advisory lock, s
 of one term cannot both pass the cap check with different caps, and two releases naming one
 course cannot both take it (the second finds the course taken once the first commits).
 
-A course of an `fcfs` release opens at the release's opens_at. A course of a draw release gets
+A course of an `fcfs` release opens at the gate when its earliest tier opens (the release's
+opens_at without tiers); a grab of a caller whose own opening is later is answered `not_open`
+before the gate (booking/bookings.py). A course of a draw release gets
 its own starts_at as a placeholder opening: the gate keeps it closed until the draw moves the
 opening (grabs meanwhile are answered `draw_pending`). The beacon is kept secret until entries
 close; before that only its SHA-256 (`beacon_commitment`) is shown.
@@ -328,8 +330,9 @@ class Releases:
                     data.general_sale_at, plan.max_wishes, data.beacon,
                     None if data.beacon is None else commitment(data.beacon),
                     msgspec.json.encode(data.tiers).decode())
+                first_opening = min([data.opens_at, *(t.opens_at for t in data.tiers)])
                 await conn.execute(JOIN_RELEASE, release_id, storable, data.mode,
-                                   data.opens_at)
+                                   first_opening)
             release = await fetch_release(conn, release_id)
             now = await conn.fetchval(NOW)
         if self.reads is not None:

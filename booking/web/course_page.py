@@ -109,13 +109,14 @@ async def course_page(request: Request, course_id: FromPath[int],
 async def grab_from_page(request: Request, course_id: FromPath[int],
                          bookings: NamedDependency[Bookings]) -> Redirect:
     """The big button: the `/v1` grab's limit and seat gate, then 303 to the result page."""
-    resident_id = visitor(request).resident_id
+    who = visitor(request)
+    resident_id = who.resident_id
     if resident_id is None:
         return sign_in_first(request, course_path(course_id))
     limited = await bookings.limit(resident_id, client_address(request))
     if limited is not None:
         return see_other(result_path(course_id, limited.code), request)
-    result = await bookings.grab(course_id, resident_id)
+    result = await bookings.grab(course_id, resident_id, who.user.tier if who.user else None)
     if isinstance(result, ApiError):
         return _refused(request, course_id, result)
     return see_other(result_path(course_id), request)
