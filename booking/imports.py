@@ -460,8 +460,13 @@ def check_file(content: bytes, venue_id: int) -> list[Checked]:
 # --- against the database ---------------------------------------------------------------------
 
 EXISTING = """
-SELECT id, code, status, active_bookings FROM courses
-WHERE venue_id = $1 AND code = ANY($2::text[]) ORDER BY id
+SELECT id, code, status, active_bookings, capacity, sales_open_at, release_id,
+       release_id IS NOT NULL AND EXISTS (
+           SELECT 1 FROM releases r WHERE r.id = release_id AND r.mode <> 'fcfs'
+              AND NOT EXISTS (SELECT 1 FROM release_draws d
+                              WHERE d.release_id = r.id AND d.drawn_at IS NOT NULL)
+       ) AS draw_pending
+FROM courses WHERE venue_id = $1 AND code = ANY($2::text[]) ORDER BY id
 """
 # One statement for every row: new codes are inserted, known ones updated (the partial unique
 # index courses_code_per_venue is the arbiter). `xmax = 0` is true for a row just inserted.
@@ -475,7 +480,10 @@ ON CONFLICT (venue_id, code) WHERE code IS NOT NULL DO UPDATE SET
     title = EXCLUDED.title, category = EXCLUDED.category, teacher = EXCLUDED.teacher,
     description = EXCLUDED.description, starts_at = EXCLUDED.starts_at,
     ends_at = EXCLUDED.ends_at, lessons = EXCLUDED.lessons, capacity = EXCLUDED.capacity,
-    price_cents = EXCLUDED.price_cents, sales_open_at = EXCLUDED.sales_open_at,
+    price_cents = EXCLUDED.price_cents,
+    -- a course of a release opens when its release says, whatever the file says
+    sales_open_at = CASE WHEN courses.release_id IS NULL THEN EXCLUDED.sales_open_at
+                         ELSE courses.sales_open_at END,
     updated_at = now()
 RETURNING id, code, xmax = 0 AS created
 """
@@ -497,13 +505,29 @@ def _against(checked: list[Checked], existing: list[asyncpg.Record]) -> list[Row
                 item.row, "capacity", "below_bookings",
                 f"{course['active_bookings']} seats are booked; capacity cannot be lower.",
                 {"booked": course["active_bookings"]}))
-        shown.append(_preview(item, course["id"] if course else None))
+        elif course is not None and course["release_id"] is not None:
+            errors.extend(_release_refusals(item, course))
+        shown.append(_preview(item, course["id"] if course else None,
+                              opening=course["sales_open_at"] if course is not None
+                              and course["release_id"] is not None else None))
     if errors:
         raise rows_refused(errors)
     return shown
 
 
-def _preview(item: Checked, course_id: int | None, created: bool | None = None) -> RowPreview:
+def _release_refusals(item: Checked, course: asyncpg.Record) -> list[RowError]:
+    """A draw counts the seats a course had at the close: as PATCH /v1/courses refuses, so does
+    a re-upload. (The file's opening of a release's course is not refused but kept as the
+    release set it: a venue re-uploading its term to fix a title is not blocked.)"""
+    if course["draw_pending"] and item.course.capacity != course["capacity"]:
+        return [RowError(item.row, "capacity", "draw_pending",
+                         f"Release {course['release_id']} has not been drawn yet; the capacity "
+                         "can change after the draw.", {"release_id": course["release_id"]})]
+    return []
+
+
+def _preview(item: Checked, course_id: int | None, created: bool | None = None,
+             opening: datetime | None = None) -> RowPreview:
     course = item.course
     action = ("create" if course_id is None else "update") if created is None else \
         ("create" if created else "update")
@@ -511,7 +535,7 @@ def _preview(item: Checked, course_id: int | None, created: bool | None = None) 
                       category=course.category, teacher=course.teacher,
                       starts_at=course.starts_at, ends_at=course.ends_at, lessons=item.lessons,
                       capacity=course.capacity, price_cents=course.price_cents,
-                      sales_open_at=course.sales_open_at, course_id=course_id)
+                      sales_open_at=opening or course.sales_open_at, course_id=course_id)
 
 
 def _summary(rows: list[RowPreview], applied: bool) -> ImportOut:

@@ -206,6 +206,44 @@ async def test_capacity_never_goes_below_the_bookings(server, http, db):
     assert written[0]["title"] != "not written either"
 
 
+async def test_a_reupload_keeps_a_release_courses_opening_and_seats_before_its_draw(
+        server, http, db):
+    venue_id = await make_venue(http)
+    rows = term_rows(2, capacity=3)
+    assert (await api_import(http, venue_id, csv_of(rows), OPERATOR)).status_code == 200
+    fcfs_course, drawn_course = (row["id"] for row in await courses_of(db, venue_id))
+    now = datetime.now(BEIJING)
+    for mode, course_id in (("fcfs", fcfs_course), ("lottery", drawn_course)):
+        body = {"title": unique("release"), "mode": mode, "course_ids": [course_id],
+                "term": unique("term"), "opens_at": (now + timedelta(hours=1)).isoformat()}
+        if mode == "lottery":
+            body |= {"closes_at": (now + timedelta(hours=2)).isoformat(),
+                     "beacon": "sealed digits 0123456789"}
+        created = await http.post("/v1/releases", json=body, headers=OPERATOR)
+        assert created.status_code == 201, created.text
+    opening = {row["id"]: row["sales_open_at"] for row in await db.fetch(
+        "SELECT id, sales_open_at FROM courses WHERE venue_id = $1", venue_id)}
+
+    moved = [list(row) for row in rows]
+    moved[0][10] = beijing(now - timedelta(minutes=30))  # the fcfs course's opening
+    moved[1][8] = "9"  # the lottery course's seats, before its draw
+    answer = await api_import(http, venue_id, csv_of(moved), staff(venue_id))
+    assert answer.status_code == 422, answer.text
+    refusals = [(r["row"], r["column"], r["code"]) for r in answer.json()["rows"]]
+    assert refusals == [(3, "capacity", "draw_pending")]
+    after = await db.fetch("SELECT id, sales_open_at, capacity FROM courses "
+                           "WHERE venue_id = $1", venue_id)
+    assert {row["id"]: row["sales_open_at"] for row in after} == opening
+    assert [row["capacity"] for row in after] == [3, 3]
+
+    moved[1][8] = "3"  # the same seats: the file applies, the release's openings stay
+    applied = await api_import(http, venue_id, csv_of(moved), staff(venue_id))
+    assert applied.status_code == 200, applied.text
+    after = await db.fetch("SELECT id, sales_open_at FROM courses WHERE venue_id = $1",
+                           venue_id)
+    assert {row["id"]: row["sales_open_at"] for row in after} == opening
+
+
 async def test_only_the_venues_own_staff_or_an_operator_may_import(server, http, db):
     venue_id, other = await make_venue(http), await make_venue(http)
     content = csv_of(term_rows(1))

@@ -154,6 +154,7 @@ def row_sentence(request: Request, error: RowError) -> str:
         "duplicate_code": _("编号和第 %(other)s 行重复，每门课的编号要不同。"),
         "course_cancelled": _("这个编号的课程已经取消，请换一个编号。"),
         "below_bookings": _("已经有 %(booked)s 人预约，名额不能少于这个数。"),
+        "draw_pending": _("第 %(release_id)s 号放号还没有抽签，抽签以后才能改名额。"),
     }
     sentence = sentences.get(error.code, _("这一格的内容不符合要求。"))
     try:
