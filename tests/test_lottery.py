@@ -314,3 +314,46 @@ async def test_a_senior_grabs_before_the_opening_and_others_hear_their_own_openi
     junior = {"Authorization": "Bearer " + mint(SECRET, "resident", unique("j"), tier="junior")}
     refused(await http.post(f"/v1/courses/{course_ids[0]}/bookings", headers=junior),
             409, "not_open")  # a tier the release does not name counts as none
+
+
+async def test_in_a_window_entering_at_once_or_four_seconds_later_fares_alike(http):
+    """The service draws a 5 s window by itself within 5 s of its close; the entries made at
+    its opening and those made 4 s later have the same mean place in the draw's order over
+    200 offline re-draws with other beacons (deterministic: fixed beacons)."""
+    course_ids = await courses_of(http, 4, capacity=3)
+    window = await release(http, "window", course_ids, window_s=5,
+                           opens_at=iso(datetime.now(UTC)))
+    opened = datetime.fromisoformat(window["opens_at"])
+
+    async def enter_all(group: str) -> set[str]:
+        answers = await asyncio.gather(*(enter(http, window["id"], unique(group), course_ids[:2])
+                                         for _ in range(20)))
+        assert [a.status_code for a in answers] == [201] * 20
+        return {a.json()["entry_id"] for a in answers}
+
+    early = await enter_all("early")
+
+    async def four_seconds_in() -> bool:
+        return datetime.now(UTC) >= opened + timedelta(seconds=4)
+
+    await wait_for(four_seconds_in)
+    late = await enter_all("late")
+
+    async def drawn() -> bool:
+        return (await http.get(f"/v1/releases/{window['id']}/draw")).status_code == 200
+
+    await wait_for(drawn, timeout=30)
+    record = (await http.get(f"/v1/releases/{window['id']}/draw")).json()
+    closes = datetime.fromisoformat(window["closes_at"])
+    assert (datetime.fromisoformat(record["drawn_at"]) - closes).total_seconds() < 5
+    entries = algorithm.read_entries((await http.get(record["entries_url"])).content)
+    assert {e.entry_id for e in entries} == early | late
+
+    places: dict[str, list[int]] = {"early": [], "late": []}
+    for n in range(200):
+        seed = algorithm.seed_of(window["id"], record["entries_digest"], f"other beacon {n:03d}")
+        order = sorted(entries, key=lambda e: algorithm.ticket_of(seed, e.entry_id))
+        for place, entry in enumerate(order):
+            places["early" if entry.entry_id in early else "late"].append(place)
+    mean = {group: sum(p) / len(p) for group, p in places.items()}
+    assert abs(mean["early"] - mean["late"]) < 1.5, mean  # 40 places: 19.5 each, by chance
