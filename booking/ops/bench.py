@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -76,6 +77,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ConfigError("booking bench needs wrk: apt-get install wrk.")
     if not 0 <= args.flood <= 0.9:
         raise ConfigError("--flood is a share of the requests, from 0 to 0.9.")
+    if not 0 <= args.term_cap <= 20:
+        raise ConfigError("--term-cap is seats per resident, from 1 to 20 (0: no release).")
     if min(args.courses, args.seats, args.residents, args.concurrency, args.workers,
            args.threads) < 1:
         raise ConfigError("--courses, --seats, --residents, --concurrency, --workers and "
@@ -104,7 +107,12 @@ def _rush(settings: Settings, args: argparse.Namespace, service: Service, work: 
     release, tokens = _prepare(settings, args, base, work)
     ceiling_before = ceiling.measure("before the rush") if ceiling else None
     opens_at = time.time() + OPENING_LEAD_S + len(release.course_ids) * 0.005
-    asyncio.run(_move_opening(base, settings.secret, release, opens_at))
+    if args.term_cap:  # the release moves the opening (a course of one refuses a PATCH of it)
+        print(f"Opening the courses in first-come releases of one term capped at "
+              f"{args.term_cap} ...", flush=True)
+        asyncio.run(cap_term(base, settings.secret, release, args.term_cap, opens_at))
+    else:
+        asyncio.run(_move_opening(base, settings.secret, release, opens_at))
     meter = CpuMeter(service, settings)
     grabs_before = _service_grabs(base)
     cpu_before, client_before = meter.sample(), _children_cpu()
@@ -134,6 +142,22 @@ def _prepare(settings: Settings, args: argparse.Namespace, base: str,
     tokens.write_text("\n".join(mint(settings.secret, "resident", f"bench-{n}")
                                 for n in range(args.residents)) + "\n")
     return release, tokens
+
+
+async def cap_term(base: str, secret: str, release: Release, cap: int, opens_at: float) -> None:
+    """The bench's courses in first-come releases (500 courses each at most) of one term whose
+    cap is `cap`, opening at `opens_at`: every grab then takes a quota."""
+    headers = {"Authorization": f"Bearer {mint(secret, 'operator', 'bench')}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as http:
+        for start in range(0, len(release.course_ids), 500):
+            answer = await http.post("/v1/releases", json={
+                "title": f"bench {start // 500 + 1}", "mode": "fcfs", "term": "bench-term",
+                "term_cap": cap,
+                "opens_at": datetime.fromtimestamp(opens_at, UTC).isoformat(),
+                "course_ids": release.course_ids[start:start + 500]})
+            if answer.status_code != 201:
+                raise ConfigError(f"creating the bench's release answered "
+                                  f"{answer.status_code}: {answer.text}")
 
 
 def _rush_env(args: argparse.Namespace, release: Release, tokens: Path,
@@ -170,8 +194,6 @@ def _run_wrk(args: argparse.Namespace, base: str, env: dict[str, str], work: Pat
 
 async def _move_opening(base: str, secret: str, release: Release, opens_at: float) -> None:
     """Open every course of the release at the same instant, a moment from now."""
-    from datetime import UTC, datetime
-
     when = datetime.fromtimestamp(opens_at, UTC).isoformat()
     headers = {"Authorization": f"Bearer {mint(secret, 'operator', 'bench')}"}
     limit = asyncio.Semaphore(16)
@@ -454,6 +476,7 @@ def _figures(args: argparse.Namespace, seen: Seen, cpu: dict[str, float | None],
     decisions_per_s = decisions / rush.seconds
     return {
         "cut_short": rush.cut_short,
+        "term_cap": args.term_cap,
         "decisions_per_s": round(decisions_per_s, 1),
         "confirmed_per_s": round(confirmed / seen.sellout_s, 1) if seen.sellout_s else None,
         **_ceiling_figures(decisions_per_s, ceiling),

@@ -163,6 +163,9 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flood", type=float, default=0.0, metavar="SHARE",
                         help="share of requests (0-0.9) sent by one abuser from one address, "
                              "to show that refusing them (429) does not slow honest grabs")
+    parser.add_argument("--term-cap", type=int, default=0, metavar="N",
+                        help="open the courses in first-come releases of one term capped at "
+                             "N seats per resident (1-20; default 0: no release)")
     parser.add_argument("--max-seconds", type=int, default=300,
                         help="stop the rush after this long (default 300)")
     parser.add_argument("--no-ceiling", action="store_true",
