@@ -26,6 +26,7 @@ from conftest import (
 from test_lottery import CLOSE_NOW, courses_of, enter, refused, release
 
 from booking.core.auth import mint
+from booking.ops.check import check_invariants
 
 # Makes one resident's row of one course fail as a full disk would: surely not written.
 FAIL_ROW = """
@@ -241,3 +242,15 @@ async def test_booking_reconcile_rebuilds_lost_quotas_and_postgres_refuses_meanw
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "term-cap quotas" in rebuilt.stdout
     assert await quota_of(redis, who) == {str(c): f"h|{term}" for c in course_ids[:2]}
+
+
+async def test_the_checker_names_a_resident_over_a_terms_cap(http, db, redis):
+    course_ids, term = await capped_courses(http, 2, capacity=5, cap=2)
+    who = unique("over")
+    for course_id in course_ids:
+        assert (await grab(http, course_id, who)).status_code == 201
+    assert (await check_invariants(db, redis, None, course_ids=course_ids)).ok
+
+    await db.execute("UPDATE releases SET term_cap = 1 WHERE term = $1", term)  # by hand
+    report = await check_invariants(db, redis, None, course_ids=course_ids)
+    assert report.violations == [f"resident {who} holds 2 seats in term {term}, whose cap is 1"]

@@ -104,6 +104,16 @@ SELECT (SELECT count(*) FROM payments p WHERE p.outcome = 'refund_due'
           AND ($1::bigint[] IS NULL
                OR o.payload->>'course_id' = ANY($1::bigint[]::text[]))) AS unsent
 """
+# Residents holding more seats in a term's courses than its cap (courses in scope: any of the
+# resident's seats in the term is one of them).
+OVER_TERM_CAP = """
+SELECT b.resident_id, r.term, r.term_cap, count(*) AS held
+FROM bookings b JOIN courses c ON c.id = b.course_id JOIN releases r ON r.id = c.release_id
+WHERE r.term_cap IS NOT NULL AND booking_active(b.status)
+GROUP BY b.resident_id, r.term, r.term_cap
+HAVING count(*) > r.term_cap
+   AND ($1::bigint[] IS NULL OR bool_or(b.course_id = ANY($1::bigint[])))
+"""
 KNOWN_IDS = "SELECT id::text FROM bookings WHERE id = ANY($1::uuid[])"
 MAX_LISTED = 10
 HOLD_GRACE_S = 60.0
@@ -130,8 +140,9 @@ class CheckReport:
         lines += [f"  info: {self.refunds_due} payment(s) due for a refund",
                   f"  info: {self.unsent_notifications} outbox notification(s) not sent yet"]
         if self.ok:
-            lines.append("OK: no oversell, no duplicates, no lapsed holds, gate agrees with "
-                         "ledger, waitlist and payments consistent, nothing lost.")
+            lines.append("OK: no oversell, no duplicates, no lapsed holds, no term over its "
+                         "cap, gate agrees with ledger, waitlist and payments consistent, "
+                         "nothing lost.")
         else:
             lines += [f"  VIOLATION: {v}" for v in self.violations[:50]]
             lines.append(f"FAILED: {len(self.violations)} violation(s).")
@@ -308,12 +319,18 @@ def _paid_not_refunded(row: asyncpg.Record) -> str:
             f"{row['status']}, but no refund is owed")
 
 
+def _over_term_cap(row: asyncpg.Record) -> str:
+    return (f"resident {row['resident_id']} holds {row['held']} seats in term {row['term']}, "
+            f"whose cap is {row['term_cap']}")
+
+
 ROW_CHECKS: tuple[tuple[str, Callable[[asyncpg.Record], str]], ...] = (
     (WAITING_WHILE_BOOKED, _waiting_while_booked),
     (BAD_PROMOTIONS, _bad_promotion),
     (UNNOTIFIED_PROMOTIONS, _unnotified_promotion),
     (PAID_BUT_HELD, _paid_but_held),
     (PAID_NOT_REFUNDED, _paid_not_refunded),
+    (OVER_TERM_CAP, _over_term_cap),
 )
 
 
