@@ -219,7 +219,8 @@ class Bookings:
             taken = await self.quota.take(resident_id, course_id, term, cap, instead_of)
             if taken.ok:
                 return taken
-        return await term_cap.cap_reached(self.pool, course_id, resident_id)
+        in_flight = [c for c in await self.quota.in_flight(resident_id, term) if c != course_id]
+        return await term_cap.cap_reached(self.pool, course_id, resident_id, in_flight)
 
     async def _keep_or_give_back(self, resident_id: str, course_id: int, taken: Taken,
                                  answer: Grabbed | ApiError | None) -> None:

@@ -254,3 +254,45 @@ async def test_the_checker_names_a_resident_over_a_terms_cap(http, db, redis):
     await db.execute("UPDATE releases SET term_cap = 1 WHERE term = $1", term)  # by hand
     report = await check_invariants(db, redis, None, course_ids=course_ids)
     assert report.violations == [f"resident {who} holds 2 seats in term {term}, whose cap is 1"]
+
+
+BLOCK_ROW = """
+CREATE OR REPLACE FUNCTION test_term_cap_block_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.course_id = {course_id} AND NEW.resident_id = '{resident}' THEN
+        PERFORM pg_advisory_xact_lock(424242);  -- held by the test: the write waits
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER test_term_cap_block_row BEFORE INSERT ON bookings
+    FOR EACH ROW EXECUTE FUNCTION test_term_cap_block_row();
+"""
+STOP_BLOCKING = "DROP TRIGGER IF EXISTS test_term_cap_block_row ON bookings"
+ADVISORY_WAITERS = """
+SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'
+"""
+
+
+async def test_a_grab_refused_while_another_is_in_flight_says_which(http, db, stores):
+    """Cap 1: the first grab's write is held in Postgres (a lock the test holds), so its quota
+    is taken and undecided; the second grab is refused, naming the grab in flight, although
+    Postgres holds no seat of theirs yet."""
+    (first, second), _ = await capped_courses(http, 2, capacity=5, cap=1)
+    who = unique("hasty")
+    blocker = await asyncpg.connect(stores.database_url)
+    await blocker.execute("SELECT pg_advisory_lock(424242)")
+    await db.execute(BLOCK_ROW.format(course_id=first, resident=who))
+    try:
+        in_flight = asyncio.create_task(grab(http, first, who))
+
+        async def write_waits() -> bool:
+            return await db.fetchval(ADVISORY_WAITERS) > 0
+
+        await wait_for(write_waits)
+        body = refused(await grab(http, second, who), 409, "term_cap_reached")
+    finally:
+        await blocker.execute("SELECT pg_advisory_unlock(424242)")
+        await blocker.close()
+        await db.execute(STOP_BLOCKING)
+    assert (body["held"], body["in_flight"]) == ([], [first])
+    assert (await in_flight).status_code in (201, 503)  # 503: its write outwaited its deadline

@@ -27,15 +27,25 @@ ORDER BY b.course_id
 """
 
 
-async def cap_reached(pool: asyncpg.Pool, course_id: int, resident_id: str) -> Conflict:
-    """The 409 for a resident the term cap refused a seat in `course_id`."""
+async def cap_reached(pool: asyncpg.Pool, course_id: int, resident_id: str,
+                      in_flight: list[int] | None = None) -> Conflict:
+    """The 409 for a resident the term cap refused a seat in `course_id`; `in_flight`: the
+    courses of the resident's other grabs still being decided, which count meanwhile."""
     term = await pool.fetchrow(TERM_OF_COURSE, course_id)
     if term is None:  # the course left its release meanwhile: say what the ledger said
         return Conflict("You hold as many seats as this term allows.", code="term_cap_reached")
     held = [row[0] for row in await pool.fetch(HELD_IN_TERM, resident_id, term["term"])]
-    return Conflict(f"You hold {len(held)} seat(s) in term {term['term']}, its cap is "
-                    f"{term['term_cap']}: cancel one to take another.", code="term_cap_reached",
-                    extra={"term": term["term"], "cap": term["term_cap"], "held": held})
+    in_flight = [c for c in in_flight or [] if c not in held]
+    detail = (f"You hold {len(held)} seat(s) in term {term['term']}, its cap is "
+              f"{term['term_cap']}: cancel one to take another.")
+    if in_flight:
+        detail = (f"Your grabs of {len(in_flight)} other course(s) in term {term['term']} are "
+                  f"still being decided and count toward its cap of {term['term_cap']} "
+                  f"(you hold {len(held)} seat(s)); try again once they are answered.")
+    extra: dict[str, object] = {"term": term["term"], "cap": term["term_cap"], "held": held}
+    if in_flight:
+        extra["in_flight"] = in_flight
+    return Conflict(detail, code="term_cap_reached", extra=extra)
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,7 @@ async def rebuild_quotas(stores: Stores, settings: Settings) -> int:
     from booking.seats.quota import TermQuota
 
     async for key in stores.redis.scan_iter(match="quota:*", count=1000):
-        await stores.redis.delete(key)
+        await stores.redis.delete(key)  # before serving: no take is in flight
     quota = TermQuota(stores.redis, settings.pending_timeout_s)
     held = await all_held_capped(stores.pool)
     for resident_id, seats in held.items():

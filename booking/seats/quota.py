@@ -9,7 +9,8 @@ back (a crashed process); a refused seat or a failed write gives it back (`give_
 does every freed seat (`SeatGate.free` callers: cancel, expiry, swap). It may count too few (a
 promotion does not take it, a flush loses it): Postgres still refuses, and a `rebuild` from
 Postgres puts it right. It never refuses on its own word: a caller checks a refusal against
-Postgres first (booking/bookings.py).
+Postgres first (booking/bookings.py); what it then still counts beyond Postgres are the
+resident's own grabs in flight, which count toward the cap until they are decided.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class TermQuota:
         self._pending_ms = int(pending_s * 1000)
         self._take = load_script(redis, "booking.seats", "quota_take")
         self._settle = load_script(redis, "booking.seats", "quota_settle")
+        self._rebuild = load_script(redis, "booking.seats", "quota_rebuild")
 
     async def take(self, resident_id: str, course_id: int, term: str, cap: int,
                    instead_of: int | None = None) -> Taken:
@@ -60,11 +62,23 @@ class TermQuota:
 
     async def rebuild(self, resident_id: str, held: Iterable[tuple[int, str]]) -> None:
         """The resident's quota as Postgres has it: (course, term) of each active booking in
-        a capped term. Takes in flight are dropped (Postgres still refuses past the cap)."""
-        key = quota_key(resident_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            mapping = {str(course): f"h|{term}" for course, term in held}
-            if mapping:
-                pipe.hset(key, mapping=mapping)
-            await pipe.execute()
+        a capped term; takes still in flight stay (they count until settled or given back)."""
+        args: list[object] = [int(time.time() * 1000)]
+        for course, term in held:
+            args += [course, term]
+        await self._rebuild(keys=[quota_key(resident_id)], args=args)
+
+    async def in_flight(self, resident_id: str, term: str) -> list[int]:
+        """Courses of `term` whose take is pending (a grab of this resident being decided)."""
+        now = int(time.time() * 1000)
+        fields = await self._redis.hgetall(quota_key(resident_id))
+        pending = []
+        for course, value in fields.items():
+            state, _, its_term = _text(value).partition("|")
+            if its_term == term and state != "h" and int(state) > now:
+                pending.append(int(course))
+        return sorted(pending)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
