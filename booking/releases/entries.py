@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -25,11 +26,17 @@ from litestar.params import JSONBody, Parameter
 from booking.core.auth import Principal, requires
 from booking.core.errors import Conflict, NotFound, Unprocessable
 from booking.core.fields import storable_id
+from booking.core.readcache import ReadCache
 from booking.releases.service import Release, fetch_release
 
-LOCK_RELEASE = "SELECT id FROM releases WHERE id = $1 FOR SHARE"
+# The release row held shared, with its close and Postgres's clock, read under that lock.
+LOCK_RELEASE = """
+SELECT closes_at, clock_timestamp() AS now FROM releases WHERE id = $1 FOR SHARE
+"""
+# An entry this long or more before the caller's opening (by this process's clock) is refused
+# without a transaction; closer to it, Postgres's clock decides.
+EARLY_REFUSAL_MARGIN_S = 1.0
 FROZEN = "SELECT EXISTS (SELECT 1 FROM release_draws WHERE release_id = $1)"
-NOW = "SELECT clock_timestamp()"
 UPSERT = """
 INSERT INTO release_entries AS e (release_id, resident_id, entry_id, tier, wishes)
 VALUES ($1, $2, $3, $4, $5)
@@ -79,13 +86,20 @@ class Entries:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self.releases = ReadCache()  # a release's times, for refusals only (see `put`)
 
     async def put(self, release_id: int, caller: Principal,
                   wishes: list[int]) -> tuple[EntryOut, bool]:
         """Make or replace the caller's entry; (the entry, whether it is new)."""
-        release = await _draw_release(self.pool, release_id)
+        release = await self.releases.get(("release", release_id),
+                                          lambda: _draw_release(self.pool, release_id))
         _check_wishes(release, wishes)
         tier = caller.tier if caller.tier in {t.name for t in release.tiers} else None
+        opens_at = release.tier_opens_at(tier)
+        if time.time() < opens_at.timestamp() - EARLY_REFUSAL_MARGIN_S:
+            # Before the opening (bots poll then): refused without a transaction. Near it and
+            # after, the transaction decides by Postgres's clock, as it does for the close.
+            raise _not_open(opens_at, opens_at.timestamp() - time.time())
         async with self.pool.acquire() as conn, conn.transaction():
             await _while_entries_open(conn, release, tier)
             for _ in range(3):  # a receipt already taken (1 in 2^80) is drawn again
@@ -147,20 +161,23 @@ def _check_wishes(release: Release, wishes: list[int]) -> None:
 async def _while_entries_open(conn: asyncpg.Connection, release: Release, tier: str | None,
                               *, opening_matters: bool = True) -> None:
     """Hold the release row shared for the rest of the transaction, then refuse unless entries
-    are open now (for this tier) and the entries have not been frozen."""
-    await conn.execute(LOCK_RELEASE, release.id)
-    now: datetime = await conn.fetchval(NOW)
-    closes_at = release.closes_at
-    assert closes_at is not None  # a draw release always closes
+    are open now (for this tier) and the entries have not been frozen. The close is read from
+    the locked row (`release` may be a second old: its opening and wishes never change)."""
+    locked = await conn.fetchrow(LOCK_RELEASE, release.id)
+    now: datetime = locked["now"]
+    closes_at: datetime = locked["closes_at"]  # this row's, never a remembered copy
     if now >= closes_at or await conn.fetchval(FROZEN, release.id):
         raise Conflict(f"Entries closed at {closes_at.isoformat()}.", code="entry_closed",
                        extra={"closes_at": closes_at.isoformat()})
     opens_at = release.tier_opens_at(tier)
     if opening_matters and now < opens_at:
-        wait_s = max(1, math.ceil((opens_at - now).total_seconds()))
-        raise Conflict(f"Entries open at {opens_at.isoformat()}.", code="not_open",
-                       headers={"Retry-After": str(wait_s)},
-                       extra={"opens_at": opens_at.isoformat()})
+        raise _not_open(opens_at, (opens_at - now).total_seconds())
+
+
+def _not_open(opens_at: datetime, wait_s: float) -> Conflict:
+    return Conflict(f"Entries open at {opens_at.isoformat()}.", code="not_open",
+                    headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+                    extra={"opens_at": opens_at.isoformat()})
 
 
 RECEIPT_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford's: no i, l, o, u
