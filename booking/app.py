@@ -109,9 +109,9 @@ def _lifespan(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None
             limiter = RateLimiter(cache, Limit(*settings.rate_per_resident),
                                   Limit(*settings.rate_per_address))
             reads = ReadCache()
+            quota = TermQuota(cache, settings.pending_timeout_s)  # the term caps' side in Redis
             app.state.update(settings=settings, pool=db, redis=cache, seats=seats, reads=reads,
-                             bookings=Bookings(seats, ledger, limiter, db, TermQuota(
-                                 cache, settings.pending_timeout_s)),
+                             bookings=Bookings(seats, ledger, limiter, db, quota),
                              courses=Courses(db, seats, reads), waitlist=Waitlist(seats, db),
                              payments=Payments(db, settings.payment_secret),
                              signin=SignIn(db, settings), venues=venues.Venues(db, reads),
@@ -139,6 +139,7 @@ def _lifespan(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None
                 await ledger.close()
                 await gate.close()
                 await limiter.close()
+                await quota.close()
 
     return lifespan
 

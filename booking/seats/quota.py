@@ -18,10 +18,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 
-from booking.seats.scripts import load_script
+from booking.core.batching import MicroBatcher
+from booking.seats.scripts import Call, load_script, run_many
 
 
 def quota_key(resident_id: str) -> str:
@@ -36,29 +38,48 @@ class Taken:
 
 
 class TermQuota:
+    """Takes and their ends: concurrent calls of a process travel in one pipeline each way
+    (every script still atomic on its own key), as the seat gate's grabs do."""
+
     def __init__(self, redis: Redis, pending_s: float) -> None:
         self._redis = redis
         self._pending_ms = int(pending_s * 1000)
         self._take = load_script(redis, "booking.seats", "quota_take")
-        self._settle = load_script(redis, "booking.seats", "quota_settle")
+        self._end = load_script(redis, "booking.seats", "quota_settle")
         self._rebuild = load_script(redis, "booking.seats", "quota_rebuild")
+        self._takes: MicroBatcher[Call, Any] = MicroBatcher(
+            self._run_takes, flushers=1, max_batch=512)
+        self._ends: MicroBatcher[Call, Any] = MicroBatcher(
+            self._run_ends, flushers=1, max_batch=512)
+
+    async def close(self) -> None:
+        await self._takes.close()
+        await self._ends.close()
 
     async def take(self, resident_id: str, course_id: int, term: str, cap: int,
                    instead_of: int | None = None) -> Taken:
         """Count `course_id` in the resident's seats of `term` unless `cap` are counted
         already (not counting `instead_of`, the course a swap leaves)."""
-        reply = await self._take(keys=[quota_key(resident_id)], args=[
+        reply = await self._takes.submit(([quota_key(resident_id)], [
             course_id, term, cap, int(time.time() * 1000), self._pending_ms,
-            "" if instead_of is None else instead_of])
+            "" if instead_of is None else instead_of]))
         if int(reply[0]):
             return Taken(True, bool(int(reply[1])))
         return Taken(False, held=sorted(int(c) for c in reply[1:]))
 
     async def settle(self, resident_id: str, course_id: int) -> None:
-        await self._settle(keys=[quota_key(resident_id)], args=[course_id])
+        """A booking holds the seat the take was for."""
+        await self._ends.submit(([quota_key(resident_id)], [course_id, "settle"]))
 
     async def give_back(self, resident_id: str, course_id: int) -> None:
-        await self._redis.hdel(quota_key(resident_id), str(course_id))
+        """No booking followed the take."""
+        await self._ends.submit(([quota_key(resident_id)], [course_id, "drop"]))
+
+    async def _run_takes(self, calls: list[Call]) -> list[Any]:
+        return await run_many(self._redis, self._take, calls)
+
+    async def _run_ends(self, calls: list[Call]) -> list[Any]:
+        return await run_many(self._redis, self._end, calls)
 
     async def rebuild(self, resident_id: str, held: Iterable[tuple[int, str]]) -> None:
         """The resident's quota as Postgres has it: (course, term) of each active booking in
