@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from conftest import (
@@ -28,9 +30,11 @@ from conftest import (
     wait_for,
 )
 
-from booking.core.auth import mint
+from booking.core.auth import Principal, mint
 from booking.ops.check import check_invariants
 from booking.releases import draw as algorithm
+from booking.releases.drawing import Draws
+from booking.releases.entries import Entries
 
 BEACON = "0123456789 sealed on the notice board"
 CLOSE_NOW = "UPDATE releases SET closes_at = clock_timestamp() WHERE id = $1"
@@ -357,3 +361,57 @@ async def test_in_a_window_entering_at_once_or_four_seconds_later_fares_alike(ht
             places["early" if entry.entry_id in early else "late"].append(place)
     mean = {group: sum(p) / len(p) for group, p in places.items()}
     assert abs(mean["early"] - mean["late"]) < 1.5, mean  # 40 places: 19.5 each, by chance
+
+
+BLOCK_ENTRY = """
+CREATE OR REPLACE FUNCTION test_lottery_block_entry() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.resident_id = '{resident}' THEN
+        PERFORM pg_advisory_xact_lock(434343);  -- held by the test: the entry waits
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER test_lottery_block_entry BEFORE INSERT ON release_entries
+    FOR EACH ROW EXECUTE FUNCTION test_lottery_block_entry();
+"""
+STOP_BLOCKING_ENTRY = "DROP TRIGGER IF EXISTS test_lottery_block_entry ON release_entries"
+ADVISORY_WAITERS = """
+SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'
+"""
+
+
+async def test_an_entry_written_across_the_close_is_in_the_frozen_file(http, db, stores):
+    """The entry checks the time (open) and is held in Postgres before its row is written;
+    entries close and the freeze starts meanwhile: the freeze waits for the entry, which ends
+    in the file. (In-process services on a pool without a statement timeout, so the waits
+    last as long as the test holds them.)"""
+    course_ids = await courses_of(http, 1, capacity=3)
+    lottery = await release(http, "lottery", course_ids)
+    who = unique("last-minute")
+    pool = await asyncpg.create_pool(stores.database_url, min_size=2, max_size=4)
+    blocker = await asyncpg.connect(stores.database_url)
+    await blocker.execute("SELECT pg_advisory_lock(434343)")
+    await db.execute(BLOCK_ENTRY.format(resident=who))
+    try:
+        entries, draws = Entries(pool), Draws(pool, None)  # type: ignore[arg-type]
+        caller = Principal(sub=who, role="resident", exp=time.time() + 600)
+        entering = asyncio.create_task(entries.put(lottery["id"], caller, course_ids))
+        await wait_for(lambda: waiters(db, 1))
+        await db.execute(CLOSE_NOW, lottery["id"])
+        freezing = asyncio.create_task(draws.freeze(lottery["id"]))
+        await wait_for(lambda: waiters(db, 2))  # the freeze waits for the entry
+        await blocker.execute("SELECT pg_advisory_unlock(434343)")
+        entry, created = await entering
+        await freezing
+    finally:
+        await blocker.close()
+        await db.execute(STOP_BLOCKING_ENTRY)
+        await pool.close()
+    assert created
+    frozen = algorithm.read_entries((await http.get(f"/v1/releases/{lottery['id']}/"
+                                                    "entries.jsonl")).content)
+    assert [e.entry_id for e in frozen] == [entry.entry_id]
+
+
+async def waiters(db, n: int) -> bool:
+    return await db.fetchval(ADVISORY_WAITERS) >= n

@@ -1,10 +1,11 @@
 """The draw of a `window` or `lottery` release: freeze, draw, apply, publish.
 
 1. **Freeze** (at the close, by the closer or by whoever asks first): under the release row's
-   exclusive lock, the entries become the entries file (booking/releases/draw.py's format), each
-   with its cap (the term cap minus the seats its resident then holds in the term), and every
-   course's seats are its free seats then. Entries hold that row shared while they write, so
-   an entry is either in the file or was refused.
+   lock and the entries lock (both exclusive), the entries become the entries file
+   (booking/releases/draw.py's format), each with its cap (the term cap minus the seats its
+   resident then holds in the term), and every course's seats are its free seats then.
+   Entries hold the entries lock shared while they write, so an entry is either in the file
+   or was refused.
 2. **Draw and apply**, in one Postgres transaction under the same lock (so concurrent calls on
    any number of workers draw once): the algorithm runs on the frozen file; each win becomes the
    booking a grab would make (a lottery's paid wins are held for claim_hold_s; a win whose
@@ -43,13 +44,18 @@ from booking.core.readcache import ReadCache
 from booking.ledger.locks import lock_courses
 from booking.ledger.promotions import promote_waiting
 from booking.releases import draw as algorithm
+from booking.releases.entries import ENTRIES_LOCK
 from booking.releases.service import Release, fetch_release
 from booking.seats import Decision, Outcome
 from booking.seats.seating import Seats
 
 log = logging.getLogger("booking.releases.drawing")
 
-LOCK_RELEASE = "SELECT clock_timestamp() AS now FROM releases WHERE id = $1 FOR UPDATE"
+# Freezing and drawing take the entries lock first (entries hold it shared while they write),
+# then the release row: one draw at a time. NO KEY UPDATE, so an entry's foreign-key check on
+# the row (KEY SHARE) never waits for it: the two locks are taken in one order by everyone.
+LOCK_ENTRIES = "SELECT pg_advisory_xact_lock($2::int, $1::int)"
+LOCK_RELEASE = "SELECT clock_timestamp() FROM releases WHERE id = $1 FOR NO KEY UPDATE"
 DRAW_ROW = """
 SELECT entries_file, seats, results_file, record, drawn_at FROM release_draws
 WHERE release_id = $1
@@ -133,7 +139,7 @@ class Draws:
         """Draw the release (once: a drawn release answers its record again)."""
         release = await _draw_release(self.pool, release_id)
         async with self.pool.acquire() as conn, conn.transaction():
-            now: datetime = await conn.fetchval(LOCK_RELEASE, release.id)
+            now = await _lock(conn, release)
             _closed(release, now)
             row = await conn.fetchrow(DRAW_ROW, release.id) or await _freeze(conn, release)
             if row["drawn_at"] is not None:
@@ -150,7 +156,7 @@ class Draws:
         """Freeze the entries of a release whose entries have closed (no-op once frozen)."""
         release = await _draw_release(self.pool, release_id)
         async with self.pool.acquire() as conn, conn.transaction():
-            _closed(release, await conn.fetchval(LOCK_RELEASE, release.id))
+            _closed(release, await _lock(conn, release))
             if await conn.fetchrow(DRAW_ROW, release.id) is None:
                 await _freeze(conn, release)
 
@@ -246,6 +252,13 @@ async def _draw_release(pool: asyncpg.Pool, release_id: int) -> Release:
     return release
 
 
+async def _lock(conn: asyncpg.Connection, release: Release) -> datetime:
+    """The entries lock, then the release row, in this order (see LOCK_RELEASE); Postgres's
+    clock once both are held."""
+    await conn.execute(LOCK_ENTRIES, release.id, ENTRIES_LOCK)
+    return await conn.fetchval(LOCK_RELEASE, release.id)
+
+
 def _closed(release: Release, now: datetime) -> None:
     assert release.closes_at is not None
     if now < release.closes_at:
@@ -259,7 +272,8 @@ def _not_drawn(release: Release) -> Conflict:
 
 
 async def _freeze(conn: asyncpg.Connection, release: Release) -> asyncpg.Record:
-    """Write the entries file and the seats at close; the new release_draws row."""
+    """Write the entries file and the seats at close; the new release_draws row. The caller
+    holds the entries lock (`_lock`): entries being written have finished."""
     rows = await conn.fetch(ENTRIES, release.id)
     caps = await _caps(conn, release, [row["resident_id"] for row in rows])
     entries = [algorithm.Entry(row["entry_id"], row["tier"], caps[row["resident_id"]],

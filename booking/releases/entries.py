@@ -1,10 +1,11 @@
 """A resident's entry in a `window` or `lottery` release: ranked wishes, one entry per resident.
 
 An entry may be made, replaced or withdrawn from the caller's opening (their tier's, if the
-release names it) until entries close. The close is decided under the release row's lock: an
-entry holds it shared while it checks the time and writes, and freezing the entries file takes
-it exclusively (booking/releases/drawing.py), so every entry either is in the frozen file or was
-refused `entry_closed`. Times are Postgres's clock, the same clock that froze the file.
+release names it) until entries close. The close is decided under the release's entries lock
+(an advisory lock): an entry holds it shared while it checks the time and writes, and freezing
+the entries file takes it exclusively (booking/releases/drawing.py), so every entry either is
+in the frozen file or was refused `entry_closed`. Times are Postgres's clock, the same clock
+that froze the file.
 """
 
 from __future__ import annotations
@@ -29,10 +30,14 @@ from booking.core.fields import storable_id
 from booking.core.readcache import ReadCache
 from booking.releases.service import Release, fetch_release
 
-# The release row held shared, with its close and Postgres's clock, read under that lock.
+# The release's entries lock held shared (freezing takes it exclusively), then its close and
+# Postgres's clock. An advisory lock rather than the row's: thousands of entries at an opening
+# sharing one row lock cost Postgres a multixact each.
 LOCK_RELEASE = """
-SELECT closes_at, clock_timestamp() AS now FROM releases WHERE id = $1 FOR SHARE
+SELECT pg_advisory_xact_lock_shared($2::int, $1::int) AS locked
 """
+CLOSE_AND_NOW = "SELECT closes_at, clock_timestamp() AS now FROM releases WHERE id = $1"
+ENTRIES_LOCK = 1309  # the advisory lock space of releases' entries (key: the release id)
 # An entry this long or more before the caller's opening (by this process's clock) is refused
 # without a transaction; closer to it, Postgres's clock decides.
 EARLY_REFUSAL_MARGIN_S = 1.0
@@ -160,10 +165,12 @@ def _check_wishes(release: Release, wishes: list[int]) -> None:
 
 async def _while_entries_open(conn: asyncpg.Connection, release: Release, tier: str | None,
                               *, opening_matters: bool = True) -> None:
-    """Hold the release row shared for the rest of the transaction, then refuse unless entries
-    are open now (for this tier) and the entries have not been frozen. The close is read from
-    the locked row (`release` may be a second old: its opening and wishes never change)."""
-    locked = await conn.fetchrow(LOCK_RELEASE, release.id)
+    """Hold the release's entries lock shared for the rest of the transaction, then refuse
+    unless entries are open now (for this tier) and the entries have not been frozen. The
+    close is read afresh (`release` may be a second old: its opening and wishes never
+    change)."""
+    await conn.execute(LOCK_RELEASE, release.id, ENTRIES_LOCK)
+    locked = await conn.fetchrow(CLOSE_AND_NOW, release.id)
     now: datetime = locked["now"]
     closes_at: datetime = locked["closes_at"]  # this row's, never a remembered copy
     if now >= closes_at or await conn.fetchval(FROZEN, release.id):
