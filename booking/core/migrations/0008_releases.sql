@@ -3,7 +3,8 @@
 -- drawn by the service) or `lottery` (wishes from opens_at to closes_at, drawn when an operator
 -- asks). A course belongs to at most one release. One entry per resident and release; the
 -- frozen entries file, the results file and the draw's record are kept byte for byte, so that
--- what was published can be re-checked (`booking verify-draw`). Re-runnable.
+-- what was published can be re-checked (`booking verify-draw`). A term's cap is kept by a
+-- trigger on bookings (the backstop behind the gate's quota). Re-runnable.
 CREATE TABLE IF NOT EXISTS releases (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     title             text NOT NULL,
