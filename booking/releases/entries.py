@@ -42,12 +42,26 @@ ENTRIES_LOCK = 1309  # the advisory lock space of releases' entries (key: the re
 # without a transaction; closer to it, Postgres's clock decides.
 EARLY_REFUSAL_MARGIN_S = 1.0
 FROZEN = "SELECT EXISTS (SELECT 1 FROM release_draws WHERE release_id = $1)"
-UPSERT = """
-INSERT INTO release_entries AS e (release_id, resident_id, entry_id, tier, wishes)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (release_id, resident_id) DO UPDATE
-    SET wishes = EXCLUDED.wishes, tier = EXCLUDED.tier, updated_at = now()
-RETURNING entry_id, tier, wishes, ticket, results, (xmax = 0) AS created
+# An entry in one statement (one round trip at an opening's rush): the entries lock shared, then
+# the close, the freeze and the caller's opening checked by Postgres's clock once it is held
+# (a freeze happens only after the close, so an entry that waited for one is past the close),
+# then the entry made or replaced. No row comes back from `entered` when refused.
+ENTER = """
+WITH entries_lock AS (
+    SELECT pg_advisory_xact_lock_shared($7::int, $1::int)
+), state AS (
+    SELECT r.closes_at, clock_timestamp() AS now,
+           EXISTS (SELECT 1 FROM release_draws d WHERE d.release_id = r.id) AS frozen
+    FROM entries_lock, releases r WHERE r.id = $1
+), entered AS (
+    INSERT INTO release_entries AS e (release_id, resident_id, entry_id, tier, wishes)
+    SELECT $1, $2, $3, $4, $5 FROM state
+    WHERE state.now >= $6 AND state.now < state.closes_at AND NOT state.frozen
+    ON CONFLICT (release_id, resident_id) DO UPDATE
+        SET wishes = EXCLUDED.wishes, tier = EXCLUDED.tier, updated_at = now()
+    RETURNING entry_id, tier, wishes, ticket, results, (xmax = 0) AS created
+)
+SELECT s.closes_at, s.now, s.frozen, n.* FROM state s LEFT JOIN entered n ON true
 """
 ENTRY_OF = """
 SELECT entry_id, tier, wishes, ticket, results FROM release_entries
@@ -105,17 +119,17 @@ class Entries:
             # Before the opening (bots poll then): refused without a transaction. Near it and
             # after, the transaction decides by Postgres's clock, as it does for the close.
             raise _not_open(opens_at, opens_at.timestamp() - time.time())
-        async with self.pool.acquire() as conn, conn.transaction():
-            await _while_entries_open(conn, release, tier)
-            for _ in range(3):  # a receipt already taken (1 in 2^80) is drawn again
-                try:
-                    row = await conn.fetchrow(UPSERT, release.id, caller.sub, _receipt(), tier,
-                                              wishes)
-                    break
-                except asyncpg.UniqueViolationError:
-                    continue
-            else:
-                raise RuntimeError("could not draw an unused entry receipt")
+        for _ in range(3):  # a receipt already taken (1 in 2^80) is drawn again
+            try:
+                row = await self.pool.fetchrow(ENTER, release.id, caller.sub, _receipt(), tier,
+                                               wishes, opens_at, ENTRIES_LOCK)
+                break
+            except asyncpg.UniqueViolationError:
+                continue
+        else:
+            raise RuntimeError("could not draw an unused entry receipt")
+        if row["entry_id"] is None:
+            _refuse(row["now"], row["closes_at"], row["frozen"], opens_at)
         return _entry_out(release, row), row["created"]
 
     async def one(self, release_id: int, resident_id: str) -> EntryOut:
@@ -130,7 +144,7 @@ class Entries:
         """Withdraw the caller's entry before entries close."""
         release = await _draw_release(self.pool, release_id)
         async with self.pool.acquire() as conn, conn.transaction():
-            await _while_entries_open(conn, release, None, opening_matters=False)
+            await _while_entries_open(conn, release)
             entry_id = await conn.fetchval(WITHDRAW, release.id, caller.sub)
         if entry_id is None:
             raise NotFound("You have no entry in this release.")
@@ -163,21 +177,21 @@ def _check_wishes(release: Release, wishes: list[int]) -> None:
                             extra={"course_ids": unknown})
 
 
-async def _while_entries_open(conn: asyncpg.Connection, release: Release, tier: str | None,
-                              *, opening_matters: bool = True) -> None:
-    """Hold the release's entries lock shared for the rest of the transaction, then refuse
-    unless entries are open now (for this tier) and the entries have not been frozen. The
-    close is read afresh (`release` may be a second old: its opening and wishes never
-    change)."""
+async def _while_entries_open(conn: asyncpg.Connection, release: Release) -> None:
+    """Hold the release's entries lock shared for the rest of the transaction (a withdrawal),
+    then refuse unless entries have neither closed nor been frozen."""
     await conn.execute(LOCK_RELEASE, release.id, ENTRIES_LOCK)
     locked = await conn.fetchrow(CLOSE_AND_NOW, release.id)
-    now: datetime = locked["now"]
-    closes_at: datetime = locked["closes_at"]  # this row's, never a remembered copy
-    if now >= closes_at or await conn.fetchval(FROZEN, release.id):
+    _refuse(locked["now"], locked["closes_at"], await conn.fetchval(FROZEN, release.id), None)
+
+
+def _refuse(now: datetime, closes_at: datetime, frozen: bool,
+            opens_at: datetime | None) -> None:
+    """409 `entry_closed` or `not_open` (the caller's own opening), unless entries are open."""
+    if now >= closes_at or frozen:
         raise Conflict(f"Entries closed at {closes_at.isoformat()}.", code="entry_closed",
                        extra={"closes_at": closes_at.isoformat()})
-    opens_at = release.tier_opens_at(tier)
-    if opening_matters and now < opens_at:
+    if opens_at is not None and now < opens_at:
         raise _not_open(opens_at, (opens_at - now).total_seconds())
 
 
