@@ -213,14 +213,14 @@ class Bookings:
         taken = await self.quota.take(resident_id, course_id, term, cap, instead_of)
         if taken.ok:
             return taken
-        held = [c for c in await self.caps.held(resident_id, term) if c != instead_of]
-        if len(held) < cap:
+        held = await self.caps.held(resident_id, term)
+        if len([c for c in held if c != instead_of]) < cap:
             await self.quota.rebuild(resident_id, await self.caps.held_capped(resident_id))
             taken = await self.quota.take(resident_id, course_id, term, cap, instead_of)
             if taken.ok:
                 return taken
         in_flight = [c for c in await self.quota.in_flight(resident_id, term) if c != course_id]
-        return await term_cap.cap_reached(self.pool, course_id, resident_id, in_flight)
+        return term_cap.cap_refusal(term, cap, held, in_flight)
 
     async def _keep_or_give_back(self, resident_id: str, course_id: int, taken: Taken,
                                  answer: Grabbed | ApiError | None) -> None:

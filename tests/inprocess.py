@@ -20,6 +20,7 @@ from booking.bookings import Bookings
 from booking.ledger.commit import BookingLedger
 from booking.seats import SeatGate
 from booking.seats.memory import GateMemory
+from booking.seats.quota import TermQuota
 from booking.seats.ratelimit import Limit, RateLimiter
 from booking.seats.reconcile import CourseLoader
 from booking.seats.seating import Seats
@@ -58,7 +59,8 @@ class SeatPath:
 
 @contextlib.asynccontextmanager
 async def seat_path(pool: asyncpg.Pool, redis: Redis, *, gate: SeatGate | None = None,
-                    memory: GateMemory | None = None) -> AsyncIterator[SeatPath]:
+                    memory: GateMemory | None = None,
+                    quota: TermQuota | None = None) -> AsyncIterator[SeatPath]:
     """Gate, loader, ledger and the Bookings service as the app wires them, on `pool`; with a
     `memory` (its listener started and stopped by the caller) grabs use it as the app's do."""
     gate = gate or SeatGate(redis)
@@ -67,7 +69,7 @@ async def seat_path(pool: asyncpg.Pool, redis: Redis, *, gate: SeatGate | None =
     limiter = RateLimiter(redis, Limit(0, 1), Limit(0, 1))
     try:
         yield SeatPath(gate, loader, ledger,
-                       Bookings(Seats(gate, loader, memory), ledger, limiter, pool))
+                       Bookings(Seats(gate, loader, memory), ledger, limiter, pool, quota))
     finally:
         await ledger.close()
         await gate.close()

@@ -20,8 +20,10 @@ import pytest
 from conftest import (
     OPERATOR,
     SECRET,
+    Barrier,
     grab,
     join_waitlist,
+    lock_waiters,
     make_venue,
     resident,
     run_cli,
@@ -367,7 +369,7 @@ BLOCK_ENTRY = """
 CREATE OR REPLACE FUNCTION test_lottery_block_entry() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.resident_id = '{resident}' THEN
-        PERFORM pg_advisory_xact_lock(434343);  -- held by the test: the entry waits
+        PERFORM pg_advisory_xact_lock_shared({key});  -- the barrier: the entry waits
     END IF;
     RETURN NEW;
 END $$;
@@ -375,9 +377,7 @@ CREATE OR REPLACE TRIGGER test_lottery_block_entry BEFORE INSERT ON release_entr
     FOR EACH ROW EXECUTE FUNCTION test_lottery_block_entry();
 """
 STOP_BLOCKING_ENTRY = "DROP TRIGGER IF EXISTS test_lottery_block_entry ON release_entries"
-ADVISORY_WAITERS = """
-SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'
-"""
+BLOCK_KEY = 0x454E_5452  # "ENTR"
 
 
 async def test_an_entry_written_across_the_close_is_in_the_frozen_file(http, db, stores):
@@ -389,29 +389,22 @@ async def test_an_entry_written_across_the_close_is_in_the_frozen_file(http, db,
     lottery = await release(http, "lottery", course_ids)
     who = unique("last-minute")
     pool = await asyncpg.create_pool(stores.database_url, min_size=2, max_size=4)
-    blocker = await asyncpg.connect(stores.database_url)
-    await blocker.execute("SELECT pg_advisory_lock(434343)")
-    await db.execute(BLOCK_ENTRY.format(resident=who))
+    block = BLOCK_ENTRY.format(resident=who, key=BLOCK_KEY)
     try:
-        entries, draws = Entries(pool), Draws(pool, None)  # type: ignore[arg-type]
-        caller = Principal(sub=who, role="resident", exp=time.time() + 600)
-        entering = asyncio.create_task(entries.put(lottery["id"], caller, course_ids))
-        await wait_for(lambda: waiters(db, 1))
-        await db.execute(CLOSE_NOW, lottery["id"])
-        freezing = asyncio.create_task(draws.freeze(lottery["id"]))
-        await wait_for(lambda: waiters(db, 2))  # the freeze waits for the entry
-        await blocker.execute("SELECT pg_advisory_unlock(434343)")
-        entry, created = await entering
-        await freezing
+        async with Barrier(db, BLOCK_KEY, block, STOP_BLOCKING_ENTRY) as barrier:
+            entries, draws = Entries(pool), Draws(pool, None)  # type: ignore[arg-type]
+            caller = Principal(sub=who, role="resident", exp=time.time() + 600)
+            entering = asyncio.create_task(entries.put(lottery["id"], caller, course_ids))
+            await wait_for(lock_waiters(db, 1))
+            await db.execute(CLOSE_NOW, lottery["id"])
+            freezing = asyncio.create_task(draws.freeze(lottery["id"]))
+            await wait_for(lock_waiters(db, 2))  # the freeze waits for the entry
+            await barrier.lift()
+            entry, created = await entering
+            await freezing
     finally:
-        await blocker.close()
-        await db.execute(STOP_BLOCKING_ENTRY)
         await pool.close()
     assert created
     frozen = algorithm.read_entries((await http.get(f"/v1/releases/{lottery['id']}/"
                                                     "entries.jsonl")).content)
     assert [e.entry_id for e in frozen] == [entry.entry_id]
-
-
-async def waiters(db, n: int) -> bool:
-    return await db.fetchval(ADVISORY_WAITERS) >= n

@@ -14,19 +14,25 @@ import pytest
 from conftest import (
     OPERATOR,
     SECRET,
+    Barrier,
     cancel,
     grab,
     join_waitlist,
+    lock_waiters,
     resident,
     run_cli,
     service_env,
     unique,
     wait_for,
 )
+from inprocess import seat_path
 from test_lottery import CLOSE_NOW, courses_of, enter, refused, release
 
+from booking.bookings import Grabbed
 from booking.core.auth import mint
+from booking.core.errors import ApiError
 from booking.ops.check import check_invariants
+from booking.seats.quota import TermQuota
 
 # Makes one resident's row of one course fail as a full disk would: surely not written.
 FAIL_ROW = """
@@ -260,7 +266,7 @@ BLOCK_ROW = """
 CREATE OR REPLACE FUNCTION test_term_cap_block_row() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.course_id = {course_id} AND NEW.resident_id = '{resident}' THEN
-        PERFORM pg_advisory_xact_lock(424242);  -- held by the test: the write waits
+        PERFORM pg_advisory_xact_lock_shared({key});  -- the barrier: the write waits
     END IF;
     RETURN NEW;
 END $$;
@@ -268,31 +274,30 @@ CREATE OR REPLACE TRIGGER test_term_cap_block_row BEFORE INSERT ON bookings
     FOR EACH ROW EXECUTE FUNCTION test_term_cap_block_row();
 """
 STOP_BLOCKING = "DROP TRIGGER IF EXISTS test_term_cap_block_row ON bookings"
-ADVISORY_WAITERS = """
-SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'
-"""
+BLOCK_KEY = 0x4341_5050  # "CAPP"
 
 
-async def test_a_grab_refused_while_another_is_in_flight_says_which(http, db, stores):
-    """Cap 1: the first grab's write is held in Postgres (a lock the test holds), so its quota
-    is taken and undecided; the second grab is refused, naming the grab in flight, although
-    Postgres holds no seat of theirs yet."""
+async def test_a_grab_refused_while_another_is_in_flight_says_which(http, db, redis, stores):
+    """Cap 1: the first grab's write is held in Postgres (a barrier the test holds), so its
+    quota is taken and undecided; the second grab is refused, naming the grab in flight,
+    although Postgres holds no seat of theirs yet. (The seat path in-process, on a pool without
+    a statement timeout, so the write waits as long as the test holds it.)"""
     (first, second), _ = await capped_courses(http, 2, capacity=5, cap=1)
     who = unique("hasty")
-    blocker = await asyncpg.connect(stores.database_url)
-    await blocker.execute("SELECT pg_advisory_lock(424242)")
-    await db.execute(BLOCK_ROW.format(course_id=first, resident=who))
+    block = BLOCK_ROW.format(course_id=first, resident=who, key=BLOCK_KEY)
+    pool = await asyncpg.create_pool(stores.database_url, min_size=2, max_size=4)
+    quota = TermQuota(redis, 30)
     try:
-        in_flight = asyncio.create_task(grab(http, first, who))
-
-        async def write_waits() -> bool:
-            return await db.fetchval(ADVISORY_WAITERS) > 0
-
-        await wait_for(write_waits)
-        body = refused(await grab(http, second, who), 409, "term_cap_reached")
+        async with seat_path(pool, redis, quota=quota) as path, \
+                Barrier(db, BLOCK_KEY, block, STOP_BLOCKING) as barrier:
+            in_flight = asyncio.create_task(path.bookings.grab(first, who))
+            await wait_for(lock_waiters(db, 1))
+            refusal = await path.bookings.grab(second, who)
+            await barrier.lift()
+            written = await in_flight
     finally:
-        await blocker.execute("SELECT pg_advisory_unlock(424242)")
-        await blocker.close()
-        await db.execute(STOP_BLOCKING)
-    assert (body["held"], body["in_flight"]) == ([], [first])
-    assert (await in_flight).status_code in (201, 503)  # 503: its write outwaited its deadline
+        await quota.close()
+        await pool.close()
+    assert isinstance(refusal, ApiError) and refusal.code == "term_cap_reached", refusal
+    assert (refusal.extra["held"], refusal.extra["in_flight"]) == ([], [first])
+    assert isinstance(written, Grabbed) and written.new

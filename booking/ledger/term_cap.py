@@ -27,23 +27,27 @@ ORDER BY b.course_id
 """
 
 
-async def cap_reached(pool: asyncpg.Pool, course_id: int, resident_id: str,
-                      in_flight: list[int] | None = None) -> Conflict:
-    """The 409 for a resident the term cap refused a seat in `course_id`; `in_flight`: the
-    courses of the resident's other grabs still being decided, which count meanwhile."""
+async def cap_reached(pool: asyncpg.Pool, course_id: int, resident_id: str) -> Conflict:
+    """The 409 for a resident Postgres refused a seat in `course_id` past the term's cap."""
     term = await pool.fetchrow(TERM_OF_COURSE, course_id)
     if term is None:  # the course left its release meanwhile: say what the ledger said
         return Conflict("You hold as many seats as this term allows.", code="term_cap_reached")
     held = [row[0] for row in await pool.fetch(HELD_IN_TERM, resident_id, term["term"])]
+    return cap_refusal(term["term"], term["term_cap"], held)
+
+
+def cap_refusal(term: str, cap: int, held: list[int],
+                in_flight: list[int] | None = None) -> Conflict:
+    """409 `term_cap_reached`: the term, its cap, the courses held; `in_flight`: the courses of
+    the resident's other grabs still being decided, which count meanwhile."""
     in_flight = [c for c in in_flight or [] if c not in held]
-    detail = (f"You hold {len(held)} seat(s) in term {term['term']}, its cap is "
-              f"{term['term_cap']}: cancel one to take another.")
+    detail = (f"You hold {len(held)} seat(s) in term {term}, its cap is {cap}: cancel one to "
+              "take another.")
+    extra: dict[str, object] = {"term": term, "cap": cap, "held": held}
     if in_flight:
-        detail = (f"Your grabs of {len(in_flight)} other course(s) in term {term['term']} are "
-                  f"still being decided and count toward its cap of {term['term_cap']} "
-                  f"(you hold {len(held)} seat(s)); try again once they are answered.")
-    extra: dict[str, object] = {"term": term["term"], "cap": term["term_cap"], "held": held}
-    if in_flight:
+        detail = (f"Your grabs of {len(in_flight)} other course(s) in term {term} are still "
+                  f"being decided and count toward its cap of {cap} (you hold {len(held)} "
+                  "seat(s)); try again once they are answered.")
         extra["in_flight"] = in_flight
     return Conflict(detail, code="term_cap_reached", extra=extra)
 
@@ -98,11 +102,7 @@ class TermCaps:
 
     async def _load(self, course_id: int) -> CourseRules | None:
         row = await self.pool.fetchrow(RULES_OF_COURSE, course_id)
-        if row is None:
-            return None
-        tiers = {tier["name"]: datetime.fromisoformat(tier["opens_at"])
-                 for tier in json.loads(row["tiers"])}
-        return CourseRules(row["term"], row["term_cap"], row["mode"], row["opens_at"], tiers)
+        return None if row is None else _rules(row)
 
     async def held(self, resident_id: str, term: str) -> list[int]:
         """The courses of `term` in which the resident holds a seat, as Postgres has it."""
@@ -111,6 +111,12 @@ class TermCaps:
     async def held_capped(self, resident_id: str) -> list[tuple[int, str]]:
         """(course, term) of every seat the resident holds in a capped term."""
         return [(row[0], row[1]) for row in await self.pool.fetch(HELD_CAPPED, resident_id)]
+
+
+def _rules(row: asyncpg.Record) -> CourseRules:
+    tiers = {tier["name"]: datetime.fromisoformat(tier["opens_at"])
+             for tier in json.loads(row["tiers"])}
+    return CourseRules(row["term"], row["term_cap"], row["mode"], row["opens_at"], tiers)
 
 
 async def all_held_capped(pool: asyncpg.Pool) -> dict[str, list[tuple[int, str]]]:

@@ -38,14 +38,13 @@ from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
 from booking.core.auth import requires
-from booking.core.errors import Conflict, NotFound, documented
-from booking.core.fields import storable_id
+from booking.core.errors import Conflict, documented
 from booking.core.readcache import ReadCache
 from booking.ledger.locks import lock_courses
 from booking.ledger.promotions import promote_waiting
 from booking.releases import draw as algorithm
 from booking.releases.entries import ENTRIES_LOCK
-from booking.releases.service import Release, fetch_release
+from booking.releases.service import Release, fetch_draw_release, fetch_release
 from booking.seats import Decision, Outcome
 from booking.seats.seating import Seats
 
@@ -137,7 +136,7 @@ class Draws:
 
     async def draw(self, release_id: int) -> DrawRecord:
         """Draw the release (once: a drawn release answers its record again)."""
-        release = await _draw_release(self.pool, release_id)
+        release = await fetch_draw_release(self.pool, release_id)
         async with self.pool.acquire() as conn, conn.transaction():
             now = await _lock(conn, release)
             _closed(release, now)
@@ -154,7 +153,7 @@ class Draws:
 
     async def freeze(self, release_id: int) -> None:
         """Freeze the entries of a release whose entries have closed (no-op once frozen)."""
-        release = await _draw_release(self.pool, release_id)
+        release = await fetch_draw_release(self.pool, release_id)
         async with self.pool.acquire() as conn, conn.transaction():
             _closed(release, await _lock(conn, release))
             if await conn.fetchrow(DRAW_ROW, release.id) is None:
@@ -162,7 +161,7 @@ class Draws:
 
     async def record(self, release_id: int) -> dict[str, Any]:
         """The draw's record; 409 `not_drawn` before the draw."""
-        release = await _draw_release(self.pool, release_id)
+        release = await fetch_draw_release(self.pool, release_id)
         row = await self.pool.fetchrow(DRAW_ROW, release.id)
         if row is None or row["drawn_at"] is None:
             raise _not_drawn(release)
@@ -170,7 +169,7 @@ class Draws:
 
     async def entries_file(self, release_id: int) -> bytes:
         """The frozen entries file, from the close (frozen now if nobody has yet)."""
-        release = await _draw_release(self.pool, release_id)
+        release = await fetch_draw_release(self.pool, release_id)
         row = await self.pool.fetchrow(DRAW_ROW, release.id)
         if row is None:
             await self.freeze(release.id)
@@ -178,7 +177,7 @@ class Draws:
         return bytes(row["entries_file"])
 
     async def results_file(self, release_id: int) -> bytes:
-        release = await _draw_release(self.pool, release_id)
+        release = await fetch_draw_release(self.pool, release_id)
         row = await self.pool.fetchrow(DRAW_ROW, release.id)
         if row is None or row["drawn_at"] is None:
             raise _not_drawn(release)
@@ -240,16 +239,6 @@ class PendingDraws:
 
 
 # --- freeze, draw, apply ------------------------------------------------------------------
-
-
-async def _draw_release(pool: asyncpg.Pool, release_id: int) -> Release:
-    release = await fetch_release(pool, release_id) if storable_id(release_id) else None
-    if release is None:
-        raise NotFound.of("release")
-    if not release.is_draw:
-        raise Conflict("This release is first come, first served: it has no draw.",
-                       code="no_draw", extra={"release_id": release.id})
-    return release
 
 
 async def _lock(conn: asyncpg.Connection, release: Release) -> datetime:

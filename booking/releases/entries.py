@@ -26,9 +26,8 @@ from litestar.params import JSONBody, Parameter
 
 from booking.core.auth import Principal, requires
 from booking.core.errors import Conflict, NotFound, Unprocessable
-from booking.core.fields import storable_id
 from booking.core.readcache import ReadCache
-from booking.releases.service import Release, fetch_release
+from booking.releases.service import Release, fetch_draw_release
 
 # The release's entries lock held shared (freezing takes it exclusively), then its close and
 # Postgres's clock. An advisory lock rather than the row's: thousands of entries at an opening
@@ -111,7 +110,7 @@ class Entries:
                   wishes: list[int]) -> tuple[EntryOut, bool]:
         """Make or replace the caller's entry; (the entry, whether it is new)."""
         release = await self.releases.get(("release", release_id),
-                                          lambda: _draw_release(self.pool, release_id))
+                                          lambda: fetch_draw_release(self.pool, release_id))
         _check_wishes(release, wishes)
         tier = caller.tier if caller.tier in {t.name for t in release.tiers} else None
         opens_at = release.tier_opens_at(tier)
@@ -134,7 +133,7 @@ class Entries:
 
     async def one(self, release_id: int, resident_id: str) -> EntryOut:
         """The resident's entry, with its ticket and results once drawn."""
-        release = await _draw_release(self.pool, release_id)
+        release = await fetch_draw_release(self.pool, release_id)
         row = await self.pool.fetchrow(ENTRY_OF, release.id, resident_id)
         if row is None:
             raise NotFound("You have no entry in this release.")
@@ -142,23 +141,13 @@ class Entries:
 
     async def withdraw(self, release_id: int, caller: Principal) -> Withdrawn:
         """Withdraw the caller's entry before entries close."""
-        release = await _draw_release(self.pool, release_id)
+        release = await fetch_draw_release(self.pool, release_id)
         async with self.pool.acquire() as conn, conn.transaction():
             await _while_entries_open(conn, release)
             entry_id = await conn.fetchval(WITHDRAW, release.id, caller.sub)
         if entry_id is None:
             raise NotFound("You have no entry in this release.")
         return Withdrawn(entry_id)
-
-
-async def _draw_release(pool: asyncpg.Pool, release_id: int) -> Release:
-    release = await fetch_release(pool, release_id) if storable_id(release_id) else None
-    if release is None:
-        raise NotFound.of("release")
-    if not release.is_draw:
-        raise Conflict("This release is first come, first served: grab its courses instead "
-                       "of entering wishes.", code="no_draw", extra={"release_id": release.id})
-    return release
 
 
 def _check_wishes(release: Release, wishes: list[int]) -> None:

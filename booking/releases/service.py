@@ -211,6 +211,19 @@ async def fetch_release(conn_or_pool: asyncpg.Connection | asyncpg.Pool,
     return Release(**fields)
 
 
+async def fetch_draw_release(pool: asyncpg.Pool, release_id: int) -> Release:
+    """A window or lottery release; 404 `not_found`, or 409 `no_draw` for a first-come one (no
+    entries, no draw)."""
+    release = await fetch_release(pool, release_id) if storable_id(release_id) else None
+    if release is None:
+        raise NotFound.of("release")
+    if not release.is_draw:
+        raise Conflict("This release is first come, first served: it takes no entries and has "
+                       "no draw; grab its courses instead.", code="no_draw",
+                       extra={"release_id": release.id})
+    return release
+
+
 @dataclass(frozen=True, slots=True)
 class Planned:
     """A release body checked on its own, with each mode's defaults filled in."""
