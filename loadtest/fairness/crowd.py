@@ -59,6 +59,8 @@ log = logging.getLogger("loadtest.fairness")
 REQUEST_TIMEOUT_S = 10.0
 MAX_RETRY_WAIT_S = 5.0  # a longer Retry-After is cut to this
 MAX_TRIES = 5  # answers that were no answer (429, 503, 5xx, none) before a person gives up
+ENTRY = "PUT entry"
+BEFORE_OPENING = " (sent before the opening)"  # Locust's name for a poll sent too early
 FINAL_GRAB = {"booked", "sold_out", "term_cap_reached", "course_cancelled", "draw_pending",
               "refused"}
 
@@ -298,7 +300,7 @@ class Resident(FastHttpUser):
     # --- requests -------------------------------------------------------------------------------
 
     def request_entry(self, me: Tried, *, pause: bool = True) -> Answer:
-        answer = self.call(me, "PUT", f"/v1/releases/{self.plan.release_id}/entry", "PUT entry",
+        answer = self.call(me, "PUT", f"/v1/releases/{self.plan.release_id}/entry", ENTRY,
                            lambda r: judge_entry(r, me.wishes), pause, json={"wishes": me.wishes})
         if answer.entry_id is not None:
             me.entry_id = answer.entry_id
@@ -319,6 +321,8 @@ class Resident(FastHttpUser):
             self.pause()
         if me.first_sent_s is None:
             me.first_sent_s = round(time.time() - self.plan.opens_at_epoch, 3)
+        if time.time() < self.plan.opens_at_epoch:
+            name = f"{name}{BEFORE_OPENING}"
         with self.client.request(method, path, name=name, headers=self.headers,
                                  catch_response=True, **request) as response:
             answer, failure = judge(response)

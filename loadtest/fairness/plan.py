@@ -23,7 +23,7 @@ class Timings:
     normal_wait: Range = (0.2, 1.5)  # before each request
     slow_start: Range = (5.0, 60.0)
     slow_wait: Range = (3.0, 8.0)  # before each request and after each answer
-    bot_lead_s: float = 5.0  # bots poll from opens_at - this
+    bot_lead_s: float = 5.0  # bots poll from opens_at - this (each within its first interval)
     bot_every_s: float = 0.2
 
     def scaled(self, scale: float) -> Timings:
@@ -36,8 +36,8 @@ class Timings:
 
     def start_after_opening(self, group: str, rng: random.Random) -> float:
         """When a resident of `group` starts, in seconds after opens_at (bots: before it)."""
-        if group == "bot":
-            return -self.bot_lead_s
+        if group == "bot":  # bots are many machines: each polls at a phase of its own
+            return -self.bot_lead_s + rng.uniform(0.0, self.bot_every_s)
         return rng.uniform(*(self.slow_start if group == "slow" else self.normal_start))
 
     def longest_s(self, requests: int) -> float:
