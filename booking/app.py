@@ -24,7 +24,6 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from redis.asyncio import Redis
 
 from booking import (
     attendance,
@@ -46,7 +45,13 @@ from booking.core.middleware import observe
 from booking.core.observability import configure_logging
 from booking.core.readcache import ReadCache
 from booking.core.settings import ConfigError, Settings
-from booking.core.stores import open_pool, open_redis, write_budget_ms
+from booking.core.stores import (
+    RedisClient,
+    close_redis,
+    open_pool,
+    open_redis,
+    write_budget_ms,
+)
 from booking.core.tasks import stop
 from booking.courses import Courses
 from booking.ledger.commit import DEFAULT_DEADLINE_S, BookingLedger
@@ -76,7 +81,7 @@ PROVIDED = ("settings", "pool", "redis", "seats", "reads", "bookings", "courses"
 
 @contextlib.asynccontextmanager
 async def _opened(settings: Settings, pool: asyncpg.Pool | None,
-                  redis: Redis | None) -> AsyncIterator[tuple[asyncpg.Pool, Redis]]:
+                  redis: RedisClient | None) -> AsyncIterator[tuple[asyncpg.Pool, RedisClient]]:
     """The stores given, or new ones from the settings (closed again on the way out)."""
     if pool is not None and redis is not None:
         yield pool, redis
@@ -85,15 +90,15 @@ async def _opened(settings: Settings, pool: asyncpg.Pool | None,
         raise ConfigError("DATABASE_URL and REDIS_URL must be set for the app; "
                           "`booking serve` sets them for you.")
     own_pool = await open_pool(settings, settings.db_pool_size, write_budget_ms(settings))
-    own_redis = open_redis(settings.redis_url)
+    own_redis = open_redis(settings.redis_url, cluster=settings.redis_cluster)
     try:
         yield own_pool, own_redis
     finally:
-        await own_redis.aclose()
+        await close_redis(own_redis)
         await own_pool.close()
 
 
-def _lifespan(settings: Settings, pool: asyncpg.Pool | None, redis: Redis | None,
+def _lifespan(settings: Settings, pool: asyncpg.Pool | None, redis: RedisClient | None,
               background: bool, live: LiveSeats) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -167,7 +172,7 @@ def _document_strict_bodies(app: Litestar) -> None:
 
 
 def create_app(settings: Settings | None = None, *, pool: asyncpg.Pool | None = None,
-               redis: Redis | None = None, background: bool = True) -> Litestar:
+               redis: RedisClient | None = None, background: bool = True) -> Litestar:
     """The ASGI app. Settings come from the environment unless given; given `pool` and
     `redis` are used (and left open) instead of opening stores; `background=False` leaves the
     sweeper and the outbox dispatcher off (tests that drive those themselves)."""

@@ -42,11 +42,12 @@ import msgspec
 from litestar.channels import ChannelsPlugin, Subscriber
 from litestar.channels.backends.redis import RedisChannelsPubSubBackend
 from prometheus_client import Gauge
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import Redis
 
 from booking.core.errors import NotFound
 from booking.core.fields import storable_id
 from booking.core.settings import ConfigError, Settings
+from booking.core.stores import RedisClient, node_client
 from booking.seats import course_keys
 from booking.seats.seating import Seats
 
@@ -127,13 +128,12 @@ def channel_name(db: int, course_id: int) -> str:
     return f"booking:{db}:seats:{course_id}"
 
 
-def pubsub_client(settings: Settings, redis: Redis | None) -> Redis:
+def pubsub_client(settings: Settings, redis: RedisClient | None) -> Redis:
     """A client of its own for the channels plugin (its pub/sub holds a connection; the plugin
-    wants bytes back): on the given client's server and database, or on REDIS_URL."""
+    wants bytes back): on the given client's server and database (a cluster: one of its
+    nodes, each of which hears every PUBLISH), or on REDIS_URL."""
     if redis is not None:
-        pool = redis.connection_pool
-        kwargs = {**pool.connection_kwargs, "decode_responses": False}
-        return Redis.from_pool(ConnectionPool(connection_class=pool.connection_class, **kwargs))
+        return node_client(redis, decode_responses=False)
     if not settings.redis_url:
         raise ConfigError("REDIS_URL must be set for the app; `booking serve` sets it for you.")
     # No health_check_interval: its PING would read the pub/sub replies the plugin reads.
@@ -284,7 +284,7 @@ class LiveSeats:
         self.plugin.on_resume = self._publish_all_again
 
     @classmethod
-    def for_app(cls, settings: Settings, redis: Redis | None) -> LiveSeats:
+    def for_app(cls, settings: Settings, redis: RedisClient | None) -> LiveSeats:
         return cls(pubsub_client(settings, redis), settings.sse_max_streams)
 
     def start(self, seats: Seats) -> None:

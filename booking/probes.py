@@ -9,7 +9,6 @@ import asyncpg
 import msgspec
 from litestar import Response, get
 from litestar.di import NamedDependency
-from redis.asyncio import Redis
 
 from booking.core.errors import documented
 from booking.core.observability import metrics_text, seats_left_text
@@ -30,12 +29,12 @@ async def health() -> Health:
 
 
 @get("/ready", operation_id="ready", tags=["ops"], responses=documented(503))
-async def ready(redis: NamedDependency[Redis],
+async def ready(seats: NamedDependency[Seats],
                 pool: NamedDependency[asyncpg.Pool]) -> Response[dict[str, str]]:
-    """Redis and Postgres both answer."""
+    """Redis (the gate's client: the server, or the cluster's nodes) and Postgres answer."""
     try:
         async with asyncio.timeout(2):
-            await redis.ping()
+            await seats.gate.redis.ping()
             await pool.fetchval("SELECT 1")
     except Exception as exc:
         body = {"code": "unavailable", "detail": f"A store does not answer: {type(exc).__name__}."}

@@ -25,10 +25,11 @@ import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from booking.core.auth import mint
 from booking.core.embedded import EmbeddedStores
+from booking.core.embedded_cluster import EmbeddedCluster
 from booking.core.migrations import upgrade
 from booking.core.signing import signed_headers
 from booking.ops.rehearsal import address_of
@@ -42,19 +43,36 @@ KEEPALIVE_S = 2.0
 PAYMENT_SECRET = "test-payment-secret-long-enough-for-hmac"
 
 
+# BOOKING_TEST_REDIS=cluster runs the session on a private Redis Cluster (3 primaries, 3
+# replicas) instead of one Redis: .ci/run runs the gate, race and recovery tests that way too.
+ON_CLUSTER = os.environ.get("BOOKING_TEST_REDIS", "single") == "cluster"
+
+
 @dataclass(frozen=True)
 class Stores:
     database_url: str
     redis_url: str
+    cluster: EmbeddedCluster | None = None
 
 
 @pytest.fixture(scope="session")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
-    if os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"):
-        yield Stores(os.environ["DATABASE_URL"], os.environ["REDIS_URL"])
-        return
-    with EmbeddedStores(tmp_path_factory.mktemp("stores")) as embedded:
-        yield Stores(embedded.database_url, embedded.redis_url)
+    with contextlib.ExitStack() as stack:
+        database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
+        if not (database_url and (redis_url or ON_CLUSTER)):
+            embedded = stack.enter_context(EmbeddedStores(tmp_path_factory.mktemp("stores")))
+            database_url, redis_url = embedded.database_url, embedded.redis_url
+        cluster = None
+        if ON_CLUSTER:
+            cluster = stack.enter_context(EmbeddedCluster(tmp_path_factory.mktemp("cluster")))
+            redis_url = cluster.url
+        yield Stores(database_url, str(redis_url), cluster)
+
+
+def redis_client(stores: Stores, **options: Any) -> Redis:
+    """A client of the session's Redis (a cluster client on a cluster)."""
+    kind = Redis if stores.cluster is None else RedisCluster
+    return kind.from_url(stores.redis_url, decode_responses=True, **options)
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -68,7 +86,7 @@ async def db(stores: Stores) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest_asyncio.fixture(scope="session")
 async def redis(stores: Stores) -> AsyncIterator[Redis]:
-    client = Redis.from_url(stores.redis_url, decode_responses=True)
+    client = redis_client(stores)
     await client.flushdb()
     yield client
     await client.aclose()
@@ -92,7 +110,8 @@ def service_env(stores: Stores, data_dir: Path, **extra: str) -> dict[str, str]:
             "BOOKING_SECRET": SECRET, "BOOKING_PAYMENT_SECRET": PAYMENT_SECRET,
             "BOOKING_DATA_DIR": str(data_dir),
             "BOOKING_PENDING_TIMEOUT": "5", "BOOKING_RECONCILE_INTERVAL": "1",
-            "BOOKING_RATE_RESIDENT": "60/10", "BOOKING_RATE_ADDRESS": "1000/10", **extra}
+            "BOOKING_RATE_RESIDENT": "60/10", "BOOKING_RATE_ADDRESS": "1000/10",
+            "BOOKING_REDIS_CLUSTER": "1" if stores.cluster else "0", **extra}
 
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

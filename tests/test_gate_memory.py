@@ -23,20 +23,23 @@ from conftest import (
     FAIL_INSERTS,
     OPERATOR,
     STOP_FAILING,
+    Stores,
     SweeperPaused,
     cancel,
     grab,
     join_waitlist,
     make_course,
+    redis_client,
     resident,
     unique,
 )
 from inprocess import PENDING_TIMEOUT_S, SeatPath, course_row, seat_path
 from prometheus_client import REGISTRY
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from booking.bookings import Grabbed
 from booking.core.errors import ApiError
+from booking.core.stores import node_client
 from booking.ledger.commit import CommitFailed, NewBooking
 from booking.seats import Outcome, SeatGate, course_keys
 from booking.seats.memory import GateMemory
@@ -44,6 +47,7 @@ from booking.seats.reconcile import reconcile_course
 from booking.seats.scripts import changes_channel
 
 _markers = iter(range(1, 10**9))
+PUBLISH_MARKER = "redis.call('PUBLISH', ARGV[1], ARGV[2]) return 1"  # on KEYS[1]'s server
 LONG_TTL_S = 60.0  # far longer than any test: only an announcement makes the memory forget
 PRICE = 4500
 LAPSE = "UPDATE bookings SET expires_at = now() - interval '1 second' WHERE id = $1::uuid"
@@ -105,8 +109,11 @@ async def ready(path: SeatPath, memory: GateMemory, course_id: int) -> None:
     await path.loader.load(course_id)
     if memory.subscribed.is_set():  # pub/sub keeps the order: a marker comes after the rest
         marker = -next(_markers)  # no course has it
-        await memory.redis.publish(memory.channel, str(marker))
-        await until(lambda: marker in memory.recently_heard)
+        # Published by the server of the course, as its announcements are; a cluster relays it
+        # to the other primaries' subscribers behind them, so wait for every copy.
+        await memory.redis.eval(PUBLISH_MARKER, 1, course_keys(course_id)[0], memory.channel,
+                                str(marker))
+        await until(lambda: memory.recently_heard.count(marker) == memory.servers)
 
 
 async def refused_and_remembered(path: SeatPath, memory: GateMemory, course_id: int,
@@ -225,12 +232,16 @@ async def test_the_scripts_announce_exactly_the_changes_that_can_open_a_seat(db,
     """Each gate step on a course, and whether it published the course: read up to a marker
     published after the step (pub/sub keeps the order), so a silent step is seen as silent."""
     gate = SeatGate(redis)
-    pubsub = redis.pubsub()
+    course_id = await course_row(db, capacity=1)
+    # Subscribed on the course's server, the marker published by it: their order is kept.
+    server = course_server(redis, course_id)
+    pubsub = server.pubsub()
     await pubsub.subscribe(changes_channel(redis))
     async def announced(step: Awaitable[Any]) -> bool:
         await step
         marker = str(-next(_markers))
-        await redis.publish(changes_channel(redis), marker)
+        await redis.eval(PUBLISH_MARKER, 1, course_keys(course_id)[0], changes_channel(redis),
+                         marker)
         seen, deadline = False, time.monotonic() + 10
         while True:
             assert time.monotonic() < deadline, "the marker never came"
@@ -247,7 +258,6 @@ async def test_the_scripts_announce_exactly_the_changes_that_can_open_a_seat(db,
     ghost, ghost_booking = unique("ghost"), str(uuid.uuid4())
     try:
         async with SweeperPaused(redis):  # no round of the service's syncs this course meanwhile
-            course_id = await course_row(db, capacity=1)
             steps = {
                 "first load": await announced(load()),
                 "sync with nothing to change": await announced(load()),
@@ -284,6 +294,7 @@ async def test_the_scripts_announce_exactly_the_changes_that_can_open_a_seat(db,
             steps["promotion pass with nobody waiting"] = await announced(gate.free(course_id))
     finally:
         await pubsub.aclose()
+        await server.aclose()
         await gate.close()
 
     assert steps == {
@@ -508,18 +519,44 @@ async def test_a_lost_subscription_forgets_everything_once_it_is_back(db, redis,
     """Announcements published while the listener was cut off are lost: when it subscribes
     again, the memory forgets every course."""
     name = unique("memory").replace("-", "_")
-    own = Redis.from_url(stores.redis_url, decode_responses=True, client_name=name)
+    own = redis_client(stores, client_name=name)
     course_id = await course_row(db, capacity=1)
     try:
         async with remembering(db, redis, memory_redis=own) as (path, memory):
             assert isinstance(await path.bookings.grab(course_id, unique("first")), Grabbed)
             await refused_and_remembered(path, memory, course_id)
-            [listener] = [c for c in await redis.client_list()
-                          if c.get("name") == name and c.get("sub") != "0"]
-            await redis.client_kill_filter(_id=listener["id"])
+            await cut_listener(stores, name)
             await until(lambda: not memory.remembers(course_id))  # its minute is far from over
             await until(memory.subscribed.is_set)
             assert code_of(await path.bookings.grab(course_id, unique("racer"))) == "sold_out"
             assert memory.remembers(course_id)  # and it remembers again
     finally:
         await own.aclose()
+
+
+def course_server(redis: Redis, course_id: int) -> Redis:
+    """A client of its own on the server of the course's keys (the one Redis, or the cluster's
+    primary serving them)."""
+    if isinstance(redis, RedisCluster):
+        node = redis.get_node_from_key(course_keys(course_id)[0])
+        return Redis(host=node.host, port=node.port, decode_responses=True)
+    return node_client(redis)
+
+
+async def cut_listener(stores: Stores, name: str) -> None:
+    """Kill the pub/sub connection of the client named `name` (on a cluster, one of its
+    connections, one per primary: losing any of them loses announcements)."""
+    servers = ([Redis.from_url(stores.redis_url)] if stores.cluster is None
+               else [Redis(host="127.0.0.1", port=node.port) for node in stores.cluster.nodes
+                     if node.process is not None])
+    try:
+        for server in servers:
+            listeners = [c for c in await server.client_list()
+                         if c.get("name") == name and c.get("sub") != "0"]
+            if listeners:
+                await server.client_kill_filter(_id=listeners[0]["id"])
+                return
+        raise AssertionError(f"no pub/sub connection named {name}")
+    finally:
+        for server in servers:
+            await server.aclose()

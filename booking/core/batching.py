@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 log = logging.getLogger("booking.core.batching")
@@ -73,3 +73,27 @@ class MicroBatcher(Generic[Item, Result]):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+
+class ShardedBatcher(Generic[Item, Result]):
+    """A MicroBatcher per shard (`shard_of(item)`, e.g. the Redis Cluster node serving the
+    item's keys): a shard whose round trip hangs, as a dead primary's does until its replica
+    takes over, holds up its own callers only. With one shard it is one MicroBatcher."""
+
+    def __init__(self, flush: Flush[Item, Result], shard_of: Callable[[Item], Hashable], *,
+                 flushers: int = 3, max_batch: int = 1000) -> None:
+        self._flush = flush
+        self._shard_of = shard_of
+        self._options = {"flushers": flushers, "max_batch": max_batch}
+        self._batchers: dict[Hashable, MicroBatcher[Item, Result]] = {}
+
+    async def submit(self, item: Item) -> Result:
+        shard = self._shard_of(item)
+        batcher = self._batchers.get(shard)
+        if batcher is None:
+            batcher = self._batchers[shard] = MicroBatcher(self._flush, **self._options)
+        return await batcher.submit(item)
+
+    async def close(self) -> None:
+        for batcher in list(self._batchers.values()):
+            await batcher.close()

@@ -46,6 +46,9 @@ PAYMENTS = Counter("booking_payment_callbacks_total",
                    "Payment callbacks by outcome (`repeated`: a provider reference seen before)",
                    ["outcome"])
 STORE_ERRORS = Counter("booking_store_errors_total", "Errors talking to a store", ["store"])
+RATE_LIMIT_UNCHECKED = Counter("booking_rate_limit_unchecked_total",
+                               "Requests let through because their rate-limit counter did not "
+                               "answer")
 
 
 def metrics_text(extra: str = "") -> bytes:

@@ -18,6 +18,7 @@ class Settings:
     database_url: str | None
     redis_url: str | None
     secret: str
+    redis_cluster: bool = False  # REDIS_URL names a node of a Redis Cluster
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
@@ -47,10 +48,15 @@ class Settings:
                           or _stored_secret(data_dir, "payment-secret"))
         if len(payment_secret) < 32:
             raise ConfigError("BOOKING_PAYMENT_SECRET must be at least 32 characters long.")
+        redis_cluster = _choice(env, "BOOKING_REDIS_CLUSTER", ("0", "1")) == "1"
+        if redis_cluster and not (redis_url or "").startswith(("redis://", "rediss://")):
+            raise ConfigError("BOOKING_REDIS_CLUSTER=1 needs REDIS_URL to name a cluster node "
+                              "as redis://host:port, not a unix socket.")
         return cls(
             database_url=database_url,
             redis_url=redis_url,
             secret=secret,
+            redis_cluster=redis_cluster,
             host=env.get("BOOKING_HOST", "127.0.0.1"),
             port=_int(env, "BOOKING_PORT", 8000, 1, 65535),
             workers=_int(env, "BOOKING_WORKERS", os.cpu_count() or 1, 1, 256),

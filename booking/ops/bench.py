@@ -430,7 +430,7 @@ async def _verify(settings: Settings, release: Release, received: set[str],
     from booking.core.stores import open_redis
 
     pool = await create_pool(str(settings.database_url), 2)
-    redis = open_redis(str(settings.redis_url))
+    redis = open_redis(str(settings.redis_url), cluster=settings.redis_cluster)
     try:
         report = await check_invariants(pool, redis, received, course_ids=release.course_ids)
         row = await pool.fetchrow(

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
-from redis.asyncio import Redis
 
 from booking.core.settings import ConfigError, Settings
-from booking.core.stores import connected, running
+from booking.core.stores import RedisClient, connected, running
 from booking.seats import course_keys
 
 # Every query takes the courses to look at as $1 (a bigint[]; NULL: every course).
@@ -159,7 +158,7 @@ def read_received(paths: Iterable[Path]) -> set[str]:
     return ids
 
 
-async def check_invariants(pool: asyncpg.Pool, redis: Redis, received: set[str] | None = None,
+async def check_invariants(pool: asyncpg.Pool, redis: RedisClient, received: set[str] | None = None,
                            *, course_ids: Collection[int] | None = None,
                            hold_grace_s: float = HOLD_GRACE_S) -> CheckReport:
     """Every invariant, each violation one line. `course_ids`: look only at those courses
@@ -242,7 +241,7 @@ def _check_waitlist(report: CheckReport, courses: list[asyncpg.Record],
                 f"{row['capacity'] - row['active']} of {row['capacity']} seats are free")
 
 
-async def _check_gate(report: CheckReport, redis: Redis, courses: list[asyncpg.Record],
+async def _check_gate(report: CheckReport, redis: RedisClient, courses: list[asyncpg.Record],
                       holders: dict[int, dict[str, str]],
                       waiting: dict[int, set[str]]) -> None:
     async with redis.pipeline(transaction=False) as pipe:

@@ -13,9 +13,9 @@ from enum import StrEnum
 
 from redis.asyncio import Redis
 
-from booking.core.batching import MicroBatcher
+from booking.core.batching import ShardedBatcher
 from booking.core.observability import GRAB_BATCH_SIZE
-from booking.seats.scripts import load_script, run_many, with_channel
+from booking.seats.scripts import load_script, run_many, server_of, with_channel
 
 
 def course_keys(course_id: int) -> tuple[str, str, str, str]:
@@ -123,8 +123,9 @@ class SeatGate:
         self._sync = load_script(redis, "booking.seats", "sync")
         self._leave_queue = redis.register_script(with_channel(redis, _LEAVE_QUEUE))
         self._has_stale_pending = redis.register_script(_HAS_STALE_PENDING)
-        self._grabs: MicroBatcher[tuple[int, str, str], Decision] = MicroBatcher(
-            self._grab_many, flushers=1, max_batch=512)
+        self._grabs: ShardedBatcher[tuple[int, str, str], Decision] = ShardedBatcher(
+            self._grab_many, lambda grab: server_of(redis, course_keys(grab[0])[0]),
+            flushers=1, max_batch=512)
 
     async def close(self) -> None:
         await self._grabs.close()

@@ -33,10 +33,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from booking.core.observability import GRABS_FROM_MEMORY
+from booking.core.stores import RedisClient, primary_clients
 from booking.seats.gate import Decision, Outcome, course_keys
 from booking.seats.scripts import changes_channel, load_script
 
@@ -68,12 +69,13 @@ class GateMemory:
     `start()` the listener; without it (or while it is not subscribed) entries still expire
     after `ttl_s`, which is the bound whatever happens to the announcements."""
 
-    def __init__(self, redis: Redis, ttl_s: float = TTL_S) -> None:
+    def __init__(self, redis: RedisClient, ttl_s: float = TTL_S) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
         self.channel = changes_channel(redis)
         self.subscribed = asyncio.Event()  # set while the listener is subscribed
-        self.announcements = 0  # announcements heard so far
+        self.announcements = 0  # announcements heard so far (a cluster's: once per primary)
+        self.servers = 0  # the servers subscribed to: a cluster's primaries, or the one Redis
         self.recently_heard: deque[int] = deque(maxlen=256)  # the courses last announced
         # Test hook, awaited between a look's reply and its entry being written.
         self.before_remembering: Callable[[int], Awaitable[None]] | None = None
@@ -176,15 +178,37 @@ class GateMemory:
             await asyncio.sleep(RESUBSCRIBE_S)
 
     async def _listen(self) -> None:
-        pubsub = self.redis.pubsub()
+        """Subscribed on every primary: a script's PUBLISH reaches the subscribers of its own
+        server before its reply does, as on a single Redis, so an announcement is never behind
+        the answer that follows it (on a cluster, the copies other nodes relay come later and
+        change nothing)."""
+        clients = await primary_clients(self.redis)
+        pubsubs = [client.pubsub() for client in clients]
+        self.servers = len(pubsubs)
+        confirmed = [0]
+        drains = [asyncio.ensure_future(self._drain(pubsub, confirmed, len(pubsubs)))
+                  for pubsub in pubsubs]
         try:
-            await pubsub.subscribe(self.channel)
-            async for message in pubsub.listen():
-                self._heard(message)
+            done, _ = await asyncio.wait(drains, return_when=asyncio.FIRST_EXCEPTION)
+            for drain in done:
+                drain.result()  # the first failure, to be told and retried
         finally:
             self.subscribed.clear()
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()
+            for drain in drains:
+                drain.cancel()
+            await asyncio.gather(*drains, return_exceptions=True)
+            for closing in (*pubsubs, *clients):
+                with contextlib.suppress(RedisError, OSError):
+                    await closing.aclose()
+
+    async def _drain(self, pubsub: PubSub, confirmed: list[int], servers: int) -> None:
+        await pubsub.subscribe(self.channel)
+        async for message in pubsub.listen():
+            if message["type"] == "subscribe":
+                confirmed[0] += 1
+                if confirmed[0] < servers:
+                    continue
+            self._heard(message)
 
     def _heard(self, message: dict[str, Any]) -> None:
         if message["type"] == "subscribe":  # (re)subscribed: what came meanwhile is lost

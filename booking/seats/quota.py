@@ -20,10 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
-
-from booking.core.batching import MicroBatcher
-from booking.seats.scripts import Call, load_script, run_many
+from booking.core.batching import ShardedBatcher
+from booking.core.stores import RedisClient
+from booking.seats.scripts import Call, load_script, run_many, server_of
 
 
 def quota_key(resident_id: str) -> str:
@@ -41,16 +40,19 @@ class TermQuota:
     """Takes and their ends: concurrent calls of a process travel in one pipeline each way
     (every script still atomic on its own key), as the seat gate's grabs do."""
 
-    def __init__(self, redis: Redis, pending_s: float) -> None:
+    def __init__(self, redis: RedisClient, pending_s: float) -> None:
         self._redis = redis
         self._pending_ms = int(pending_s * 1000)
         self._take = load_script(redis, "booking.seats", "quota_take")
         self._end = load_script(redis, "booking.seats", "quota_settle")
         self._rebuild = load_script(redis, "booking.seats", "quota_rebuild")
-        self._takes: MicroBatcher[Call, Any] = MicroBatcher(
-            self._run_takes, flushers=1, max_batch=512)
-        self._ends: MicroBatcher[Call, Any] = MicroBatcher(
-            self._run_ends, flushers=1, max_batch=512)
+        self._takes: ShardedBatcher[Call, Any] = ShardedBatcher(
+            self._run_takes, self._server_of, flushers=1, max_batch=512)
+        self._ends: ShardedBatcher[Call, Any] = ShardedBatcher(
+            self._run_ends, self._server_of, flushers=1, max_batch=512)
+
+    def _server_of(self, call: Call) -> str:
+        return server_of(self._redis, call[0][0])
 
     async def close(self) -> None:
         await self._takes.close()

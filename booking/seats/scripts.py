@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from importlib import resources
 
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
-Call = tuple[Sequence[str], Sequence[object]]  # keys, args
+from booking.core.redis_nodes import Call, nodes_of
+from booking.core.stores import RedisClient
+
 # The channel the scripts announce a changed course on (see memory.py), as written in them.
 CHANGES = "booking:course-changed"
 
 
-def changes_channel(redis: Redis) -> str:
+def changes_channel(redis: RedisClient) -> str:
     """The announcements' channel of this client's database. Pub/sub ignores the database a
     client selected, so deployments (or test runs) sharing a Redis server by database number
     would otherwise hear each other's course ids."""
@@ -23,20 +25,39 @@ def changes_channel(redis: Redis) -> str:
     return f"{CHANGES}:{db}"
 
 
-def with_channel(redis: Redis, text: str) -> str:
+def with_channel(redis: RedisClient, text: str) -> str:
     """A script's text announcing on the channel of this client's database."""
     return text.replace(f"'{CHANGES}'", f"'{changes_channel(redis)}'")
 
 
-def load_script(redis: Redis, package: str, name: str) -> AsyncScript:
+def load_script(redis: RedisClient, package: str, name: str) -> AsyncScript:
     """A script registered with redis-py, which reloads it by itself after NOSCRIPT."""
     text = resources.files(package).joinpath(f"{name}.lua").read_text()
     return redis.register_script(with_channel(redis, text))
 
 
-async def run_many(redis: Redis, script: AsyncScript, calls: list[Call]) -> list[object]:
+def server_of(redis: RedisClient, key: str) -> str:
+    """Which server serves `key`: a cluster's node, as the client knows the slots now ("" on
+    a single Redis, or before the client has learnt the slots)."""
+    if not isinstance(redis, RedisCluster) or not redis.nodes_manager.slots_cache:
+        return ""
+    return redis.nodes_manager.get_node_from_slot(redis.keyslot(key)).name
+
+
+async def run_many(redis: RedisClient, script: AsyncScript, calls: list[Call]) -> list[object]:
     """Run the script once per call in one pipeline (each run still atomic on its own keys);
-    a reply is the script's result or the error of that one run."""
+    a reply is the script's result or the error of that one run. On a cluster, one pipeline
+    per node, side by side, through plain clients of their own (booking/core/redis_nodes.py): a
+    node that fails (a dead primary before its replica takes over) fails only the calls on
+    its own slots."""
+    if isinstance(redis, RedisCluster):
+        return await nodes_of(redis).run(
+            calls, lambda node, mine: _on_one_server(node, script, mine))
+    return await _on_one_server(redis, script, calls)
+
+
+async def _on_one_server(redis: RedisClient, script: AsyncScript,
+                         calls: list[Call]) -> list[object]:
     replies = await _pipeline(redis, script, calls)
     unknown = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if unknown:  # Redis restarted or flushed its scripts: load again, run those again
@@ -47,8 +68,15 @@ async def run_many(redis: Redis, script: AsyncScript, calls: list[Call]) -> list
     return replies
 
 
-async def _pipeline(redis: Redis, script: AsyncScript, calls: list[Call]) -> list[object]:
+async def _pipeline(redis: RedisClient, script: AsyncScript, calls: list[Call]) -> list[object]:
     async with redis.pipeline(transaction=False) as pipe:
         for keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-        return await pipe.execute(raise_on_error=False)
+        try:
+            return await pipe.execute(raise_on_error=False)
+        except (AttributeError, TypeError) as exc:
+            # redis-py 8.1 lets a write on a connection its server just closed (a node killed
+            # mid-call) escape as these instead of ConnectionError (redis/redis-py#4287).
+            if "NoneType" not in str(exc):
+                raise
+            raise RedisConnectionError(f"the connection closed mid-call: {exc}") from exc
