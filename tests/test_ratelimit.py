@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -28,7 +29,10 @@ from conftest import (
     running_service,
     unique,
 )
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
+
+from booking.seats.ratelimit import Limit, RateLimiter
 
 PER_RESIDENT, PER_ADDRESS, WINDOW_S = 60, 1000, 3600
 
@@ -134,3 +138,20 @@ async def test_a_subject_over_its_limit_is_refused_from_memory_until_its_window_
         assert time.monotonic() - opened >= 1.4
     finally:
         await limiter.close()
+
+
+async def test_a_counter_that_does_not_answer_lets_the_request_through():
+    """A limit whose Redis is down (on a cluster: the counter's primary, before its replica
+    takes over) is not checked: the request goes ahead, and the metric counts it."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dead = Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+    limiter = RateLimiter(dead, Limit(1, 10), Limit(1, 10))
+    before = REGISTRY.get_sample_value("booking_rate_limit_unchecked_total") or 0.0
+    try:
+        assert await limiter.wait_s(unique("resident"), "203.0.113.9") == 0.0
+    finally:
+        await limiter.close()
+        await dead.aclose()
+    assert REGISTRY.get_sample_value("booking_rate_limit_unchecked_total") == before + 2

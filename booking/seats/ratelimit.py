@@ -21,6 +21,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+from redis.exceptions import RedisError
+
 from booking.core.batching import ShardedBatcher
 from booking.core.observability import RATE_LIMIT_UNCHECKED
 from booking.core.stores import RedisClient
@@ -42,8 +44,10 @@ class RateLimiter:
         self._limits = [(prefix, limit.requests, int(limit.window_s * 1000))
                         for prefix, limit in (("r", per_resident), ("a", per_address))
                         if limit.requests]
-        self._checks: ShardedBatcher[Call, float] = ShardedBatcher(
-            self._check_many, lambda call: server_of(redis, call[0][0]), flushers=1,
+        # An item is the counters of one request that live on one server (on one Redis: all
+        # of them, so a request costs one future; on a cluster, one item per counter's node).
+        self._checks: ShardedBatcher[tuple[Call, ...], float] = ShardedBatcher(
+            self._check_many, lambda calls: server_of(redis, calls[0][0][0]), flushers=1,
             max_batch=512)
         self._over: dict[str, float] = {}  # counter key -> when its window ends (monotonic)
         self._told_until = 0.0  # an unchecked limit is logged at most every 10 s
@@ -58,11 +62,15 @@ class RateLimiter:
         remembered = self._remembered_wait(resident_id, address)
         if remembered:
             return remembered
-        calls = [((_key(prefix, address if prefix == "a" else resident_id),),
-                  (count, window_ms)) for prefix, count, window_ms in self._limits]
-        if len(calls) == 1:
-            return await self._checks.submit(calls[0])
-        return max(await asyncio.gather(*(self._checks.submit(call) for call in calls)))
+        by_server: dict[str, list[Call]] = {}
+        for prefix, count, window_ms in self._limits:
+            key = _key(prefix, address if prefix == "a" else resident_id)
+            by_server.setdefault(server_of(self._redis, key), []).append(((key,),
+                                                                          (count, window_ms)))
+        if len(by_server) == 1:
+            return await self._checks.submit(tuple(*by_server.values()))
+        return max(await asyncio.gather(*(self._checks.submit(tuple(calls))
+                                          for calls in by_server.values())))
 
     def _remembered_wait(self, resident_id: str, address: str) -> float:
         """The wait of a subject known to be over its limit, or 0: ask Redis."""
@@ -86,19 +94,23 @@ class RateLimiter:
             self._over = {k: until for k, until in self._over.items() if until > now}
         self._over[key] = time.monotonic() + wait_ms / 1000
 
-    async def _check_many(self, calls: list[Call]) -> list[float | Exception]:
-        """Each counter's wait in seconds (0: under its limit)."""
-        replies = await run_many(self._redis, self._script, calls)
-        waits: list[float | Exception] = []
-        for ((key,), _), reply in zip(calls, replies, strict=True):
-            if isinstance(reply, Exception):
-                self._unchecked(reply)
-                waits.append(0.0)
-                continue
-            if int(reply) > 0:  # type: ignore[call-overload]
-                self._remember(key, int(reply))  # type: ignore[call-overload]
-            waits.append(int(reply) / 1000)  # type: ignore[call-overload]
-        return waits
+    async def _check_many(self, items: list[tuple[Call, ...]]) -> list[float | Exception]:
+        """Each item's wait in seconds (0: every counter of it under its limit)."""
+        calls = [call for item in items for call in item]
+        try:
+            replies = iter(await run_many(self._redis, self._script, calls))
+        except (RedisError, OSError) as exc:  # the server did not answer at all
+            replies = iter([exc] * len(calls))
+        return [max(self._wait_of(call, next(replies)) for call in item) for item in items]
+
+    def _wait_of(self, call: Call, reply: object) -> float:
+        if isinstance(reply, Exception):
+            self._unchecked(reply)
+            return 0.0
+        wait_ms = int(reply)  # type: ignore[call-overload]
+        if wait_ms > 0:
+            self._remember(call[0][0], wait_ms)
+        return wait_ms / 1000
 
     def _unchecked(self, error: object) -> None:
         """A counter that could not be asked (its server is down: on a cluster, a dead
