@@ -25,10 +25,11 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -40,6 +41,9 @@ from booking.core.stores import running
 from booking.ops.check import CheckReport, check_invariants, read_received
 from booking.ops.rehearsal import Release, publish_release
 from booking.ops.service import Service, ServiceError, free_port
+
+if TYPE_CHECKING:
+    from booking.core.embedded_cluster import EmbeddedCluster
 
 OPENING_LEAD_S = 3.0
 HOT_SHARE = 0.9
@@ -55,15 +59,21 @@ def run(args: argparse.Namespace) -> int:
         bench_dir = settings.data_dir / "bench"
         shutil.rmtree(bench_dir, ignore_errors=True)  # a fresh ledger for every bench run
         settings = Settings.from_env({**os.environ, "BOOKING_DATA_DIR": str(bench_dir)})
-    with running(settings) as ready, tempfile.TemporaryDirectory(prefix="bench-") as work:
-        service = Service(_service_env(ready, args), Path(work) / "server.log", port=args.port)
+    with contextlib.ExitStack() as stack:
+        cluster = None
+        if args.redis_cluster:
+            cluster = stack.enter_context(_private_cluster(settings.data_dir / "cluster"))
+            settings = replace(settings, redis_url=cluster.url, redis_cluster=True)
+        ready = stack.enter_context(running(settings))
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+        service = Service(_service_env(ready, args), work / "server.log", port=args.port)
         try:
             service.start()
         except ServiceError as exc:
             raise ConfigError(str(exc)) from exc
         try:
-            with _ceiling(args, ready, Path(work)) as ceiling:
-                figures = _rush(ready, args, service, Path(work), ceiling)
+            with _ceiling(args, ready, work) as ceiling:
+                figures = _rush(ready, args, service, work, ceiling, cluster)
         finally:
             service.stop(grace_s=30)
     print(json.dumps(figures))
@@ -85,10 +95,21 @@ def _check_options(args: argparse.Namespace) -> None:
                           "--threads must be positive.")
 
 
+def _private_cluster(folder: Path) -> EmbeddedCluster:
+    """--redis-cluster: a private 3 + 3 Redis Cluster for this run (its node logs in
+    `folder`)."""
+    from booking.core.embedded_cluster import EmbeddedCluster
+
+    print(f"Starting a private Redis Cluster (3 primaries, 3 replicas) under {folder}/ ...",
+          flush=True)
+    return EmbeddedCluster(folder)
+
+
 def _service_env(settings: Settings, args: argparse.Namespace) -> dict[str, str]:
     return {**os.environ, "DATABASE_URL": str(settings.database_url),
             "REDIS_URL": str(settings.redis_url), "BOOKING_SECRET": settings.secret,
-            "BOOKING_WORKERS": str(args.workers)}
+            "BOOKING_WORKERS": str(args.workers),
+            "BOOKING_REDIS_CLUSTER": "1" if settings.redis_cluster else "0"}
 
 
 @dataclass
@@ -102,7 +123,7 @@ class Rush:
 
 
 def _rush(settings: Settings, args: argparse.Namespace, service: Service, work: Path,
-          ceiling: Ceiling | None) -> dict[str, object]:
+          ceiling: Ceiling | None, cluster: EmbeddedCluster | None) -> dict[str, object]:
     base = service.base_url
     release, tokens = _prepare(settings, args, base, work)
     ceiling_before = ceiling.measure("before the rush") if ceiling else None
@@ -113,7 +134,7 @@ def _rush(settings: Settings, args: argparse.Namespace, service: Service, work: 
         asyncio.run(cap_term(base, settings.secret, release, args.term_cap, opens_at))
     else:
         asyncio.run(_move_opening(base, settings.secret, release, opens_at))
-    meter = CpuMeter(service, settings)
+    meter = CpuMeter(service, settings, cluster)
     grabs_before = _service_grabs(base)
     cpu_before, client_before = meter.sample(), _children_cpu()
     time.sleep(max(0.0, opens_at - time.time()))
@@ -296,15 +317,24 @@ def _ceiling(args: argparse.Namespace, settings: Settings,
 
 class CpuMeter:
     """CPU seconds of the service's processes, of Redis and of Postgres (each found by the
-    socket its URL names, with every child; a store on another machine counts as None)."""
+    socket its URL names, with every child; a private cluster: all its nodes; a store on
+    another machine counts as None)."""
 
-    def __init__(self, service: Service, settings: Settings) -> None:
-        self.roots = {"service": _process(service.pid),
-                      "redis": _listener(_redis_address(str(settings.redis_url))),
-                      "postgres": _listener(_postgres_address(str(settings.database_url)))}
+    def __init__(self, service: Service, settings: Settings,
+                 cluster: EmbeddedCluster | None = None) -> None:
+        redis = ([_process(node.process.pid if node.process else None)
+                  for node in cluster.nodes] if cluster is not None
+                 else [_listener(_redis_address(str(settings.redis_url)))])
+        self.roots = {"service": [_process(service.pid)], "redis": redis,
+                      "postgres": [_listener(_postgres_address(str(settings.database_url)))]}
 
     def sample(self) -> dict[str, float | None]:
-        return {name: _tree_cpu(root) if root else None for name, root in self.roots.items()}
+        return {name: _trees_cpu(roots) for name, roots in self.roots.items()}
+
+
+def _trees_cpu(roots: list[psutil.Process | None]) -> float | None:
+    times = [_tree_cpu(root) if root else None for root in roots]
+    return None if not times or None in times else sum(t for t in times if t is not None)
 
 
 def _process(pid: int | None) -> psutil.Process | None:

@@ -168,5 +168,8 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "N seats per resident (1-20; default 0: no release)")
     parser.add_argument("--max-seconds", type=int, default=300,
                         help="stop the rush after this long (default 300)")
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="run on a private Redis Cluster (3 primaries, 3 replicas) instead "
+                             "of one Redis")
     parser.add_argument("--no-ceiling", action="store_true",
                         help="skip measuring the bare stack before and after the rush")
