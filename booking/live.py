@@ -140,6 +140,30 @@ def pubsub_client(settings: Settings, redis: RedisClient | None) -> Redis:
     return Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
 
 
+class PlainPublishBackend(RedisChannelsPubSubBackend):
+    """Litestar's pub/sub backend, publishing with plain PUBLISH: its own publish runs a Lua
+    script with the channel names as KEYS, which a Redis Cluster routes by slot (MOVED from any
+    node that does not own the channel name's slot), while a PUBLISH is heard cluster-wide
+    from whichever node gets it."""
+
+    async def publish(self, data: bytes, channels: Iterable[str]) -> None:
+        for channel in set(channels):
+            await self._redis.publish(channel, data)
+
+    async def move_to(self, client: Redis) -> None:
+        """Hear (and publish) the same channels through another server: the one it used is
+        gone (a cluster node killed stays refused on its address)."""
+        old_pubsub, old_client = self._pub_sub, self._redis
+        channels = [c.decode() if isinstance(c, bytes) else c for c in old_pubsub.channels]
+        self._redis = client
+        self._RedisChannelsPubSubBackend__pub_sub = None  # Litestar's own: made anew on use
+        if channels:
+            await self.subscribe(channels)
+        with contextlib.suppress(Exception):
+            await old_pubsub.aclose()
+            await old_client.aclose()
+
+
 class LiveChannels(ChannelsPlugin):
     """Litestar's channels plugin, with a subscribe that is undone when Redis refuses it. The
     plugin's own keeps the subscriber of a channel whose SUBSCRIBE failed, so the channel counts
@@ -151,6 +175,7 @@ class LiveChannels(ChannelsPlugin):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on_resume: Callable[[], None] = lambda: None
+        self.new_client: Callable[[], Redis] | None = None  # a cluster: another node's client
 
     async def __aexit__(self, *exc_info: Any) -> None:
         self.closing = True
@@ -168,6 +193,9 @@ class LiveChannels(ChannelsPlugin):
                 log.warning("live seats: pub/sub reading failed (again in %s s): %s: %s",
                             RESUME_S, type(exc).__name__, exc)
             await asyncio.sleep(RESUME_S)
+            if self.new_client is not None and isinstance(self._backend, PlainPublishBackend):
+                with contextlib.suppress(Exception):
+                    await self._backend.move_to(self.new_client())
             self.on_resume()
 
     async def subscribe(self, channels: str | Iterable[str],
@@ -265,7 +293,7 @@ class LiveSeats:
 
     def __init__(self, client: Redis, max_streams: int) -> None:
         self.plugin = LiveChannels(
-            backend=RedisChannelsPubSubBackend(redis=client,
+            backend=PlainPublishBackend(redis=client,
                                                stream_sleep_no_subscriptions=PUBSUB_WAIT_MS),
             arbitrary_channels_allowed=True, subscriber_max_backlog=1,
             subscriber_backlog_strategy="dropleft")
@@ -285,7 +313,10 @@ class LiveSeats:
 
     @classmethod
     def for_app(cls, settings: Settings, redis: RedisClient | None) -> LiveSeats:
-        return cls(pubsub_client(settings, redis), settings.sse_max_streams)
+        live = cls(pubsub_client(settings, redis), settings.sse_max_streams)
+        if settings.redis_cluster and redis is not None:
+            live.plugin.new_client = lambda: pubsub_client(settings, redis)
+        return live
 
     def start(self, seats: Seats) -> None:
         self._seats = seats

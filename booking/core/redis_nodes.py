@@ -18,6 +18,8 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MovedError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -38,7 +40,10 @@ class Nodes:
     async def run(self, calls: list[Call], run_on: RunOn) -> list[object]:
         """`run_on(client, calls)` per node, side by side; one reply per call (a result, or
         the error of that call or of its node)."""
-        await self._cluster.initialize()  # learns the slots on its first call only
+        # Learns the slots on its first call, and again after the cluster client saw a node
+        # fail: a dead node may fail that reading, which must not fail calls to the others.
+        with contextlib.suppress(RedisError, OSError):
+            await self._cluster.initialize()
         replies = await self._run_grouped(calls, run_on)
         moved = [i for i, reply in enumerate(replies) if isinstance(reply, MovedError)]
         if any(isinstance(reply, _BROKEN) for reply in replies) or moved:
@@ -80,7 +85,7 @@ class Nodes:
             host, port = name.rsplit(":", 1)
             client = self._clients[name] = Redis(
                 host=host, port=int(port), decode_responses=True, socket_timeout=5,
-                socket_connect_timeout=2, max_connections=1024)
+                socket_connect_timeout=2, max_connections=1024, retry=Retry(NoBackoff(), 0))
         return client
 
     async def _read_slots(self) -> None:

@@ -131,7 +131,8 @@ class BookingLedger:
         COMMIT_BATCH_ROWS.observe(len(todo))
         if committed:
             try:
-                await self._gate.settle((b.course_id, b.resident_id) for b in committed)
+                async with asyncio.timeout(0.5):
+                    await self._gate.settle((b.course_id, b.resident_id) for b in committed)
             except Exception as exc:  # the reconciler clears pending marks too
                 log.warning("could not clear pending marks: %s", exc)
         return [outcome[b.id] for b in batch]

@@ -113,7 +113,9 @@ class GateMemory:
             reply = await self._look(keys=[info, holders, waiting])
             if self.before_remembering is not None:
                 await self.before_remembering(course_id)
-        except (RedisError, OSError) as exc:  # only a chance missed: the grab had its answer
+        # Also what redis-py 8.1 lets escape from a connection closed mid-call
+        # (redis/redis-py#4287): only a chance missed, the grab had its answer.
+        except (RedisError, OSError, AttributeError, TypeError, RuntimeError) as exc:
             log.debug("could not look at course %s again: %s", course_id, exc)
             return
         finally:

@@ -74,9 +74,10 @@ async def _pipeline(redis: RedisClient, script: AsyncScript, calls: list[Call]) 
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         try:
             return await pipe.execute(raise_on_error=False)
-        except (AttributeError, TypeError) as exc:
+        except (AttributeError, TypeError, RuntimeError) as exc:
             # redis-py 8.1 lets a write on a connection its server just closed (a node killed
-            # mid-call) escape as these instead of ConnectionError (redis/redis-py#4287).
-            if "NoneType" not in str(exc):
+            # mid-call) escape as these instead of ConnectionError (redis/redis-py#4287); on
+            # uvloop as a RuntimeError ("... the handler is closed").
+            if "NoneType" not in str(exc) and "handler is closed" not in str(exc):
                 raise
             raise RedisConnectionError(f"the connection closed mid-call: {exc}") from exc
