@@ -31,6 +31,7 @@ from test_lottery import CLOSE_NOW, courses_of, enter, refused, release
 from booking.bookings import Grabbed
 from booking.core.auth import mint
 from booking.core.errors import ApiError
+from booking.ledger.term_cap import TermCaps, release_rules_changed
 from booking.ops.check import check_invariants
 from booking.seats.quota import TermQuota
 
@@ -301,3 +302,84 @@ async def test_a_grab_refused_while_another_is_in_flight_says_which(http, db, re
     assert isinstance(refusal, ApiError) and refusal.code == "term_cap_reached", refusal
     assert (refusal.extra["held"], refusal.extra["in_flight"]) == ([], [first])
     assert isinstance(written, Grabbed) and written.new
+
+
+# --- the rules snapshot (term_cap.TermCaps) ----------------------------------------------------
+# Each TermCaps below stands for the snapshot of one service process: the service's own processes
+# create the releases (over HTTP), these look at the ledger the way a grab there would.
+
+
+async def test_a_course_first_asked_after_its_release_sees_it_in_a_process_with_a_fresh_snapshot(
+        http, db):
+    """The other process read its snapshot just before the release was created; the course was
+    never asked about there, so its first grab waits for a snapshot read after it asked."""
+    (before,) = await courses_of(http, 1, capacity=2)
+    elsewhere = TermCaps(db, max_age_s=3600)  # no snapshot ages out during the test
+    assert await elsewhere.of_course(before) is None
+    course_ids, term = await capped_courses(http, 2, capacity=2, cap=1)
+
+    rules = await elsewhere.of_course(course_ids[0])
+
+    assert rules is not None and (rules.term, rules.cap, rules.mode) == (term, 1, "fcfs")
+    assert elsewhere.reads == 2
+    assert await elsewhere.of_course(course_ids[1]) == rules  # read after it was first asked
+    assert elsewhere.reads == 3
+
+
+async def test_a_course_asked_before_its_release_learns_it_when_told_or_when_the_snapshot_ages(
+        http, db):
+    (course_id,) = await courses_of(http, 1, capacity=2)
+    told = TermCaps(db, max_age_s=3600)
+    aging = TermCaps(db, max_age_s=0.2)
+    assert await told.of_course(course_id) is None and await aging.of_course(course_id) is None
+    await release(http, "fcfs", [course_id], term_cap=2)
+
+    assert await told.of_course(course_id) is None  # its snapshot is an hour young: the bound
+    release_rules_changed(db)  # what the process that created the release does
+    assert (await told.of_course(course_id)).cap == 2
+
+    async def aged_in() -> bool:
+        return await aging.of_course(course_id) is not None
+
+    await wait_for(aged_in, timeout=10)
+
+
+async def test_a_crowd_of_first_grabs_shares_one_read_and_a_busy_process_reads_ahead(http, db):
+    course_ids = await courses_of(http, 3, capacity=2)
+    await release(http, "fcfs", course_ids, term_cap=2)
+    caps = TermCaps(db, max_age_s=0.5)
+
+    answers = await asyncio.gather(*(caps.of_course(c) for c in [*course_ids, 10**9] * 50))
+
+    assert caps.reads == 1
+    assert [a.cap for a in answers[:3]] == [2, 2, 2] and answers[3] is None
+    kept = caps.reads
+
+    async def read_ahead() -> bool:  # past half its age, asking starts a read without waiting
+        await caps.of_course(course_ids[0])
+        return caps.reads > kept
+
+    await wait_for(read_ahead, timeout=10)
+
+
+async def test_asking_while_a_read_is_under_way_queues_one_read_after_it(http, db):
+    """The read under way began before the other courses were first asked about: they share
+    one read queued behind it, never two at once."""
+    course_ids = await courses_of(http, 3, capacity=2)
+    await release(http, "fcfs", course_ids, term_cap=3)
+    caps = TermCaps(db, max_age_s=3600)
+    blocker = await db.acquire()
+    blocked = blocker.transaction()
+    await blocked.start()
+    try:
+        await blocker.execute("LOCK TABLE releases IN ACCESS EXCLUSIVE MODE")
+        first = asyncio.create_task(caps.of_course(course_ids[0]))
+        await wait_for(lock_waiters(db, 1))  # the first read is under way, held by the lock
+        # These ask before the lock is lifted: their tasks run at the rollback's first await.
+        later = asyncio.gather(*(caps.of_course(c) for c in course_ids[1:] * 20))
+    finally:
+        await blocked.rollback()
+        await db.release(blocker)
+
+    assert (await first).cap == 3 and {rules.cap for rules in await later} == {3}
+    assert caps.reads == 2

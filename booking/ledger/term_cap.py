@@ -6,14 +6,20 @@ answer a resident gets: 409 `term_cap_reached`, with the term, its cap and what 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import math
+import time
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
 from booking.core.errors import Conflict
-from booking.core.readcache import ReadCache
+
+log = logging.getLogger("booking.ledger.term_cap")
 
 CONSTRAINT = "bookings_term_cap"
 TERM_OF_COURSE = """
@@ -69,9 +75,12 @@ class CourseRules:
         return self.tier_openings.get(tier or "", self.opens_at)
 
 
-RULES_OF_COURSE = """
-SELECT r.term, r.term_cap, r.mode, r.opens_at, r.tiers
-FROM courses c JOIN releases r ON r.id = c.release_id WHERE c.id = $1
+# The rules of every course in a release, one row per release: what a process's snapshot holds.
+RULES_OF_RELEASED_COURSES = """
+SELECT r.term, r.term_cap, r.mode, r.opens_at, r.tiers::text AS tiers,
+       array_agg(c.id) AS course_ids
+FROM releases r JOIN courses c ON c.release_id = r.id
+GROUP BY r.id
 """
 # Every active booking of a resident in a capped term: (course, term).
 HELD_CAPPED = """
@@ -87,22 +96,107 @@ ORDER BY b.resident_id
 """
 
 
-class TermCaps:
-    """The release rules of courses, remembered for a second per process (a course joins a
-    release once, before its release opens; until this process knows, Postgres still refuses
-    past the cap)."""
+MAX_AGE_S = 1.0  # the bound: how old the rules a grab is decided on may be
+MAX_ASKED = 100_000  # courses remembered as asked about before; past this, all are asked anew
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    rules: dict[int, CourseRules]  # course -> its release's rules; absent: in no release
+    began: float  # time.monotonic() just before Postgres was asked for it
+
+
+_NONE_YET = _Snapshot({}, -math.inf)
+_LIVE: weakref.WeakSet[TermCaps] = weakref.WeakSet()
+
+
+class TermCaps:
+    """The release rules of courses, as one snapshot per process of every course in a release,
+    read in one query (a course in no release is absent: no rules).
+
+    The rules a grab is decided on are at most `max_age_s` old, and never older than the first
+    time this process asked about that course: a course asked about for the first time waits for
+    a snapshot read after it asked, so a course first grabbed after its release was created sees
+    it in any process, as a per-course read would. The process that creates a release
+    `forget`s the snapshot at once (see `release_rules_changed`); other processes learn within
+    `max_age_s` about a course they had asked about before.
+
+    One read at a time: callers needing a newer snapshot than the one being read share the next
+    read. A snapshot past half its age is read again in the background, so the grabs of a busy
+    process rarely wait for one."""
+
+    def __init__(self, pool: asyncpg.Pool, max_age_s: float = MAX_AGE_S) -> None:
         self.pool = pool
-        self.reads = ReadCache()
+        self.max_age_s = max_age_s
+        self.reads = 0  # snapshots read so far (for tests and curiosity)
+        self._snapshot = _NONE_YET
+        self._asked_at: dict[int, float] = {}  # course -> when this process first asked
+        self._forgotten_at = -math.inf
+        self._running: asyncio.Future[_Snapshot] | None = None
+        self._running_began = -math.inf
+        self._queued: asyncio.Future[_Snapshot] | None = None
+        _LIVE.add(self)
 
     async def of_course(self, course_id: int) -> CourseRules | None:
         """None for a course in no release."""
-        return await self.reads.get(("release-rules", course_id), lambda: self._load(course_id))
+        now = time.monotonic()
+        if len(self._asked_at) >= MAX_ASKED:
+            self._asked_at.clear()
+        asked_at = self._asked_at.setdefault(course_id, now)
+        snapshot = self._snapshot
+        if now - snapshot.began > self.max_age_s / 2 and self._running is None:
+            self._refresh_in_background()
+        # Fresh enough: read after the course was first asked about, after the last forget,
+        # and less than max_age_s ago.
+        bound = max(asked_at, self._forgotten_at, now - self.max_age_s)
+        if snapshot.began <= bound:
+            snapshot = await self._read_after(bound)
+        return snapshot.rules.get(course_id)
 
-    async def _load(self, course_id: int) -> CourseRules | None:
-        row = await self.pool.fetchrow(RULES_OF_COURSE, course_id)
-        return None if row is None else _rules(row)
+    def forget(self) -> None:
+        """Rules changed (this process created a release): the next grab waits for a snapshot
+        read from now on."""
+        self._forgotten_at = time.monotonic()
+
+    async def _read_after(self, bound: float) -> _Snapshot:
+        """A snapshot whose read began after `bound` (at most now): the one being read if it
+        began late enough, else the next one, shared by everyone who asks meanwhile."""
+        if self._running is None:
+            self._start_read()
+        elif self._running_began <= bound:
+            if self._queued is None:
+                self._queued = asyncio.ensure_future(self._read(after=self._running))
+            return await asyncio.shield(self._queued)
+        return await asyncio.shield(self._running)
+
+    def _start_read(self) -> asyncio.Future[_Snapshot]:
+        self._running = asyncio.ensure_future(self._read())
+        self._running_began = math.inf  # not begun: it will, after anyone asking now
+        return self._running
+
+    def _refresh_in_background(self) -> None:
+        self._start_read().add_done_callback(_log_failure)
+
+    async def _read(self, after: asyncio.Future[_Snapshot] | None = None) -> _Snapshot:
+        """Read the snapshot (once the read `after`, if given, is over: it hands over to this
+        one) and keep it unless a newer one was kept meanwhile."""
+        if after is not None:
+            await asyncio.wait([after])  # its outcome is for its own callers
+        me = self._running
+        began = self._running_began = time.monotonic()
+        try:
+            rules: dict[int, CourseRules] = {}
+            for row in await self.pool.fetch(RULES_OF_RELEASED_COURSES):
+                rules.update(dict.fromkeys(row["course_ids"], _rules(row)))
+        finally:
+            if self._running is me:  # the queued read, if any, is the one running from now on
+                self._running, self._queued = self._queued, None
+                self._running_began = -math.inf if self._running is None else math.inf
+        self.reads += 1
+        snapshot = _Snapshot(rules, began)
+        if began > self._snapshot.began:
+            self._snapshot = snapshot
+        return snapshot
 
     async def held(self, resident_id: str, term: str) -> list[int]:
         """The courses of `term` in which the resident holds a seat, as Postgres has it."""
@@ -111,6 +205,19 @@ class TermCaps:
     async def held_capped(self, resident_id: str) -> list[tuple[int, str]]:
         """(course, term) of every seat the resident holds in a capped term."""
         return [(row[0], row[1]) for row in await self.pool.fetch(HELD_CAPPED, resident_id)]
+
+
+def release_rules_changed(pool: asyncpg.Pool) -> None:
+    """Call after committing a release: every TermCaps of this process on `pool` forgets its
+    snapshot, so the next grab here is decided on rules read after the release."""
+    for caps in list(_LIVE):
+        if caps.pool is pool:
+            caps.forget()
+
+
+def _log_failure(read: asyncio.Future[_Snapshot]) -> None:
+    if not read.cancelled() and read.exception() is not None:
+        log.warning("reading the release rules failed: %s", read.exception())
 
 
 def _rules(row: asyncpg.Record) -> CourseRules:

@@ -19,7 +19,13 @@ from redis.commands.core import AsyncScript
 from booking.ledger.promotions import promote_waiting
 from booking.lifecycle.holds import expire_due_holds
 from booking.seats import SeatGate
-from booking.seats.reconcile import ALL_COURSE_IDS, reconcile_all
+from booking.seats.reconcile import (
+    ALL_COURSE_IDS,
+    COURSES_WITH_WAITERS,
+    FIGURES_CHUNK,
+    compare_all,
+    reconcile_all,
+)
 
 log = logging.getLogger("booking.sweeper")
 
@@ -58,9 +64,10 @@ async def sweep_forever(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: f
     """Give back seats whose grab or cancel never finished (a worker died mid-way).
 
     Every worker runs this loop; a Redis lock lets one of them do each round. A round
-    expires lapsed holds, looks at the courses holding stale pending marks (every tenth round
-    or so is a full one over all courses, a safety net for whatever a pending mark did not
-    cover), and hands free seats to residents waiting.
+    expires lapsed holds, syncs the courses holding stale pending marks (every tenth round or
+    so is a full one, which compares every course's figures in the gate with the ledger's and
+    syncs those that disagree: a safety net for whatever a pending mark did not cover), and
+    hands free seats to residents waiting (see `_sweep_round`).
 
     The lock is held for the whole round (renewed while it runs) and then until 0.9 intervals
     after the round began, so rounds keep their pace across workers, and whoever holds the lock
@@ -116,21 +123,44 @@ class _LockHeld:
 
 async def _sweep_round(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: float,
                        interval_s: float) -> None:
+    """Expire lapsed holds, reconcile the courses that need it, promote waiters to free seats.
+
+    A round's syncs are for the courses that need one, not for every course: those holding a
+    pending mark older than the pending timeout (a writer died), and in a full round (about
+    every FULL_ROUND_EVERY rounds, a safety net for what no mark covers) those whose figures in
+    the gate disagree with the ledger's (reconcile.compare_all). Finding the stale marks still
+    reads every course (one small read-only script each, in chunks): only the gate knows where
+    its marks are. Promotions are looked for in the courses the ledger has waiters for (and, in
+    a full round, those the gate has waiters for)."""
     expired = await expire_due_holds(pool, gate)
     if expired:
         log.info("expired %d unpaid holds", expired)
-    all_ids = [row[0] for row in await pool.fetch(ALL_COURSE_IDS)]
-    course_ids = all_ids
     full = await gate.redis.set(FULL_ROUND_MARK, "1", nx=True,
                                 px=int(interval_s * FULL_ROUND_EVERY * 1000))
-    if not full:  # stale by Redis's clock, the one that stamped the marks
-        course_ids = await gate.courses_with_stale_pending(course_ids,
-                                                           int(pending_timeout_s * 1000))
+    waiting_in_gate: list[int] = []
+    if full:
+        compared = await compare_all(pool, gate, pending_timeout_s)
+        course_ids, waiting_in_gate = compared.out_of_line, compared.waiting_in_gate
+    else:
+        course_ids = await _with_stale_pending(pool, gate, pending_timeout_s)
     if course_ids:
         report = await reconcile_all(pool, gate, pending_timeout_s, course_ids)
         if report.given_back or report.restored:
             log.info("reconciler (%s round) gave back %d seats and restored %d on %d courses",
                      "full" if full else "stale", report.given_back, report.restored,
                      report.courses)
-    for course_id in await gate.courses_to_promote(all_ids):
+    waited_for = {row[0] for row in await pool.fetch(COURSES_WITH_WAITERS)}
+    for course_id in await gate.courses_to_promote(sorted(waited_for.union(waiting_in_gate))):
         await promote_waiting(pool, gate, course_id)
+
+
+async def _with_stale_pending(pool: asyncpg.Pool, gate: SeatGate,
+                              pending_timeout_s: float) -> list[int]:
+    """The courses holding a pending mark older than the pending timeout, by Redis's clock (the
+    one that stamped the marks), looked at FIGURES_CHUNK courses per pipeline."""
+    all_ids = [row[0] for row in await pool.fetch(ALL_COURSE_IDS)]
+    stale: list[int] = []
+    for start in range(0, len(all_ids), FIGURES_CHUNK):
+        stale += await gate.courses_with_stale_pending(all_ids[start:start + FIGURES_CHUNK],
+                                                       int(pending_timeout_s * 1000))
+    return stale

@@ -30,6 +30,7 @@ from booking.core.errors import Conflict, NotFound, Unprocessable, documented
 from booking.core.fields import NO_NUL, storable_id
 from booking.core.readcache import ReadCache
 from booking.ledger.locks import lock_courses
+from booking.ledger.term_cap import release_rules_changed
 from booking.releases.draw import commitment
 from booking.seats.seating import Seats
 
@@ -348,6 +349,7 @@ class Releases:
                                    first_opening)
             release = await fetch_release(conn, release_id)
             now = await conn.fetchval(NOW)
+        release_rules_changed(self.pool)  # this process's grabs see the release at once
         if self.reads is not None:
             self.reads.clear()
         for course_id in sorted(storable):  # the gate learns each course's new opening

@@ -111,6 +111,35 @@ return #redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now_ms - tonumber(A
                    'LIMIT', 0, 1)
 """
 
+# A course's figures as the gate has them, read-only, for comparing with the ledger in bulk: info
+# (capacity, status, opens_at, left, hold_s; false where missing), then how many holders, pending
+# marks, pending marks older than ARGV[1] ms by Redis's clock (the one that stamped them), waiters.
+# KEYS: the course's keys (course_keys).
+_FIGURES = """
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local info = redis.call('HMGET', KEYS[1], 'capacity', 'status', 'opens_at', 'left', 'hold_s')
+return {info[1], info[2], info[3], info[4], info[5], redis.call('HLEN', KEYS[2]),
+        redis.call('ZCARD', KEYS[3]),
+        redis.call('ZCOUNT', KEYS[3], '-inf', '(' .. (now_ms - tonumber(ARGV[1]))),
+        redis.call('ZCARD', KEYS[4])}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class GateFigures:
+    """What the gate holds of a course, in counts (see `SeatGate.figures`)."""
+
+    capacity: int | None  # None: the gate does not have the course
+    status: str | None
+    opens_at_ms: int | None
+    left: int | None
+    hold_s: int | None
+    holders: int
+    pending: int  # holders being written (a grab, a promotion) or leaving (a cancel)
+    stale_pending: int  # pending marks older than the pending timeout: their writer died
+    waiting: int
+
 
 class SeatGate:
     def __init__(self, redis: Redis) -> None:
@@ -123,6 +152,7 @@ class SeatGate:
         self._sync = load_script(redis, "booking.seats", "sync")
         self._leave_queue = redis.register_script(with_channel(redis, _LEAVE_QUEUE))
         self._has_stale_pending = redis.register_script(_HAS_STALE_PENDING)
+        self._figures = redis.register_script(_FIGURES)
         self._grabs: ShardedBatcher[tuple[int, str, str], Decision] = ShardedBatcher(
             self._grab_many, lambda grab: server_of(redis, course_keys(grab[0])[0]),
             flushers=1, max_batch=512)
@@ -249,6 +279,30 @@ class SeatGate:
             if isinstance(reply, Exception):
                 raise reply
         return [cid for cid, reply in zip(course_ids, replies, strict=True) if reply]
+
+    async def figures(self, course_ids: Sequence[int],
+                      pending_timeout_ms: int) -> list[GateFigures]:
+        """Each course's figures as the gate has them, one read-only script per course in one
+        pipeline: what a full reconciler round compares with the ledger's figures."""
+        if not course_ids:
+            return []
+        replies = await run_many(self.redis, self._figures, [
+            (course_keys(course_id), (pending_timeout_ms,)) for course_id in course_ids])
+        return [_figures(reply) for reply in replies]
+
+
+def _optional_int(value: str | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _figures(reply: object) -> GateFigures:
+    if isinstance(reply, Exception):
+        raise reply
+    assert isinstance(reply, list)
+    capacity, status, opens_at, left, hold_s, holders, pending, stale, waiting = reply
+    return GateFigures(_optional_int(capacity), status, _optional_int(opens_at),
+                       _optional_int(left), _optional_int(hold_s), int(holders), int(pending),
+                       int(stale), int(waiting))
 
 
 def _decision(reply: list[str]) -> Decision:

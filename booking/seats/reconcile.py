@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
 from booking.core.observability import RECONCILER_SEATS
-from booking.seats.gate import CourseGateState, SeatGate, SyncResult
+from booking.seats.gate import CourseGateState, GateFigures, SeatGate, SyncResult
 
 log = logging.getLogger("booking.seats.reconcile")
 
@@ -32,6 +32,19 @@ WHERE course_id = $1 AND booking_active(status)
 """
 WAITING = "SELECT resident_id, id FROM waitlist WHERE course_id = $1 AND status = 'waiting'"
 ALL_COURSE_IDS = "SELECT id FROM courses ORDER BY id"
+# Courses waiting residents are queued for, as the ledger has them.
+COURSES_WITH_WAITERS = \
+    "SELECT DISTINCT course_id FROM waitlist WHERE status = 'waiting' ORDER BY course_id"
+# A chunk of courses after id $1, with the figures the gate must agree with.
+COURSE_FIGURES = """
+SELECT c.id, c.capacity, c.status,
+       (extract(epoch FROM c.sales_open_at) * 1000)::bigint AS opens_at_ms,
+       course_hold_s(c.price_cents, c.hold_minutes) AS hold_s, c.active_bookings,
+       (SELECT count(*) FROM waitlist w
+        WHERE w.course_id = c.id AND w.status = 'waiting')::int AS waiting
+FROM courses c WHERE c.id > $1 ORDER BY c.id LIMIT $2
+"""
+FIGURES_CHUNK = 500  # courses compared per query and per gate pipeline
 # A sync finding the gate changed since it looked reads again, this many times at most (each
 # retry needs yet another change to the course within one read of it).
 SYNC_ATTEMPTS = 5
@@ -93,6 +106,56 @@ async def reconcile_all(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: f
             report.given_back += result.given_back
             report.restored += result.restored
     return report
+
+
+@dataclass(slots=True)
+class Comparison:
+    """What comparing the gate's figures with the ledger's found, course by course."""
+
+    courses: int = 0  # compared
+    out_of_line: list[int] = field(default_factory=list)  # to reconcile
+    waiting_in_gate: list[int] = field(default_factory=list)  # someone waits in the gate
+
+
+async def compare_all(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: float,
+                      chunk: int = FIGURES_CHUNK) -> Comparison:
+    """Compare every course's figures in the gate with the ledger's, `chunk` courses at a time
+    (one query and one gate pipeline each), without reconciling any: a course is out of line
+    when the two disagree in a way no write in flight explains (see `out_of_line`)."""
+    found = Comparison()
+    after = 0
+    while True:
+        rows = await pool.fetch(COURSE_FIGURES, after, chunk)
+        if not rows:
+            return found
+        in_gate = await gate.figures([row["id"] for row in rows], int(pending_timeout_s * 1000))
+        for row, figures in zip(rows, in_gate, strict=True):
+            if out_of_line(row, figures):
+                found.out_of_line.append(row["id"])
+            if figures.waiting:
+                found.waiting_in_gate.append(row["id"])
+        found.courses += len(rows)
+        after = rows[-1]["id"]
+
+
+def out_of_line(ledger: asyncpg.Record, gate: GateFigures) -> bool:
+    """Whether a course's gate disagrees with its ledger row (COURSE_FIGURES) beyond what writes
+    in flight explain. A holder pending is a grab or promotion being written (the ledger may not
+    have it yet) or a cancel being written (the ledger may have dropped it already), so the
+    ledger's active bookings lie between the settled holders and all holders. Waiters differ
+    for a moment while one joins, leaves or is promoted. A disagreement that a write landing
+    between the two reads makes up costs one needless sync, which changes nothing."""
+    if gate.capacity is None:  # the gate lacks the course (Redis lost it, or never had it)
+        return True
+    if (gate.capacity, gate.status, gate.opens_at_ms, gate.hold_s) != (
+            ledger["capacity"], ledger["status"], ledger["opens_at_ms"], ledger["hold_s"]):
+        return True
+    if gate.left != gate.capacity - gate.holders or gate.stale_pending:
+        return True
+    if not gate.holders - gate.pending <= ledger["active_bookings"] <= gate.holders:
+        return True
+    waiting = ledger["waiting"] if ledger["status"] == "published" else 0
+    return gate.waiting != waiting
 
 
 class CourseLoader:
