@@ -145,7 +145,7 @@ def _rush(settings: Settings, args: argparse.Namespace, service: Service, work: 
     cpu["client"] = _children_cpu() - client_before
     grabs = _grabs_delta(_service_grabs(base), grabs_before)
     ceiling_after = ceiling.measure("after the rush") if ceiling else None
-    counts, started = _read_counts(work, args.threads)
+    counts, started = read_counts(work, args.threads)
     received = read_received(work.glob("wrk-*-ids.txt"))
     report, sellout_s = asyncio.run(_verify(settings, release, received, opens_at))
     seen = Seen(counts, started, grabs, rush, sellout_s)
@@ -192,18 +192,25 @@ def _rush_env(args: argparse.Namespace, release: Release, tokens: Path,
 
 
 def _run_wrk(args: argparse.Namespace, base: str, env: dict[str, str], work: Path) -> Rush:
-    """wrk until every thread has written its done marker, or until wrk stops by itself
-    (its -d, --max-seconds, ran out first: the rush was cut short)."""
+    return run_wrk(base, env, work, threads=args.threads, connections=args.concurrency,
+                   seconds=args.max_seconds)
+
+
+def run_wrk(base: str, env: dict[str, str], work: Path, *, threads: int, connections: int,
+            seconds: float) -> Rush:
+    """wrk with bench_rush.lua (`env` its BENCH_* settings) until every thread has written its
+    done marker, or until wrk stops by itself (its -d ran out first: the rush was cut short).
+    Also the multi-host rehearsal's rush (loadtest/cluster)."""
     script = work / "bench_rush.lua"
     script.write_text(resources.files("booking.ops").joinpath("bench_rush.lua").read_text())
     started = time.monotonic()
     wrk = subprocess.Popen(
-        ["wrk", f"-t{args.threads}", f"-c{args.concurrency}", f"-d{args.max_seconds}s",
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:.0f}s",
          "--timeout", "10s", "-s", str(script), base], env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def all_done() -> bool:
-        return all((work / f"wrk-{t}-done").exists() for t in range(args.threads))
+        return all((work / f"wrk-{t}-done").exists() for t in range(threads))
 
     while not all_done() and wrk.poll() is None:
         time.sleep(0.01)
@@ -436,7 +443,7 @@ def _grabs_delta(after: dict[str, float], before: dict[str, float]) -> dict[str,
             if n - before.get(k, 0) > 0}
 
 
-def _read_counts(work: Path, threads: int) -> tuple[Counter[str], int]:
+def read_counts(work: Path, threads: int) -> tuple[Counter[str], int]:
     """Answers by status (and code) that wrk's threads saw, as of their last checkpoint, and
     how many residents they had started."""
     counts: Counter[str] = Counter()

@@ -17,18 +17,17 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import httpx
 
 from booking.core.auth import mint
+from booking.ops import bench
 from booking.ops.bench import CHOICES, HOT_SHARE
+from booking.ops.check import read_received
 from booking.ops.rehearsal import Release, address_of
 from loadtest.cluster.plan import Plan
 
@@ -60,49 +59,19 @@ def mint_tokens(secret: str, residents: int, path: Path) -> Path:
 
 
 def run_wrk(base_url: str, release: Release, plan: Plan, tokens: Path, work: Path) -> WrkRush:
-    """wrk with bench_rush.lua until every thread is done or `plan.rush_s` has passed."""
-    script = work / "bench_rush.lua"
-    script.write_text(resources.files("booking.ops").joinpath("bench_rush.lua").read_text())
+    """`booking bench`'s own rush (bench_rush.lua) until every thread is done or `plan.rush_s`
+    has passed."""
     env = {"BENCH_TOKENS": str(tokens), "BENCH_COURSES": ",".join(map(str, release.course_ids)),
            "BENCH_HOT": str(len(release.hot)), "BENCH_HOT_SHARE": str(HOT_SHARE),
            "BENCH_CHOICES": str(CHOICES), "BENCH_THREADS": str(plan.threads),
            "BENCH_OUT": str(work / "wrk"), "BENCH_FLOOD": "0"}
-    started = time.monotonic()
-    wrk = subprocess.Popen(
-        ["wrk", f"-t{plan.threads}", f"-c{plan.connections}", f"-d{plan.rush_s:.0f}s",
-         "--timeout", "10s", "-s", str(script), base_url],
-        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-    def all_done() -> bool:
-        return all((work / f"wrk-{t}-done").exists() for t in range(plan.threads))
-
-    while not all_done() and wrk.poll() is None:
-        time.sleep(0.05)
-    seconds = time.monotonic() - started
-    wrk.send_signal(signal.SIGINT)
-    output, _ = wrk.communicate(timeout=60)
-    rush = WrkRush(seconds, all_done())
-    _read_wrk_files(rush, work, plan.threads)
-    rush.summary = next((json.loads(line.removeprefix("BENCH_WRK "))
-                         for line in output.splitlines() if line.startswith("BENCH_WRK ")), {})
-    return rush
-
-
-def _read_wrk_files(rush: WrkRush, work: Path, threads: int) -> None:
-    """The counts each wrk thread wrote at its last checkpoint, and the ids it received."""
-    for t in range(threads):
-        counts = work / f"wrk-{t}-counts.txt"
-        if counts.exists():
-            for line in counts.read_text().splitlines():
-                key, n = line.rsplit(" ", 1)
-                if key == "#started":
-                    rush.started += int(n)
-                else:
-                    rush.counts[key] += int(n)
-        ids = work / f"wrk-{t}-ids.txt"
-        if ids.exists():
-            rush.received.update(line.strip() for line in ids.read_text().splitlines()
-                                 if line.strip())
+    ran = bench.run_wrk(base_url, {**os.environ, **env}, work, threads=plan.threads,
+                        connections=plan.connections, seconds=plan.rush_s)
+    counts, started = bench.read_counts(work, plan.threads)
+    summary = next((json.loads(line.removeprefix("BENCH_WRK "))
+                    for line in ran.output.splitlines() if line.startswith("BENCH_WRK ")), {})
+    return WrkRush(ran.seconds, not ran.cut_short, counts, started,
+                   read_received(work.glob("wrk-*-ids.txt")), summary)
 
 
 # ---------------------------------------------------------------------------------- the probes
