@@ -297,27 +297,53 @@ async def hammer(http: httpx.AsyncClient, course_id: int, lanes: int,
     await asyncio.gather(*(lane(n) for n in range(lanes)))
 
 
-@pytest_asyncio.fixture
-async def private_stores(stores) -> AsyncIterator[tuple[asyncpg.Pool, Redis]]:
-    """An empty database of its own and a Redis database of its own: a sweeper running here
-    touches nothing of the other tests (nor do their sweepers take its lock)."""
+@contextlib.asynccontextmanager
+async def private_database(stores: Stores) -> AsyncIterator[str]:
+    """An empty, migrated database of its own on the session's Postgres: yields its URL and
+    drops it afterwards (closing whatever is still connected)."""
     name = f"private_{unique('db').replace('-', '_')}"
     admin = await asyncpg.connect(stores.database_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = urlunsplit(urlsplit(stores.database_url)._replace(path=f"/{name}"))
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
-    async with pool.acquire() as conn:
-        await upgrade(conn)
-    redis = Redis.from_url(stores.redis_url, db=9, decode_responses=True)
-    await redis.flushdb()
     try:
-        yield pool, redis
+        conn = await asyncpg.connect(url)
+        try:
+            await upgrade(conn)
+        finally:
+            await conn.close()
+        yield url
     finally:
-        await redis.flushdb()
-        await redis.aclose()
-        await pool.close()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+PRIVATE_REDIS_DB = 9
+
+
+def private_redis_url(stores: Stores) -> str:
+    """The session's Redis, database PRIVATE_REDIS_DB (a cluster has only one database: there,
+    the session's own URL)."""
+    if stores.cluster is not None:
+        return stores.redis_url
+    if stores.redis_url.startswith("unix://"):  # urlunsplit would drop the "//"
+        return f"{stores.redis_url.partition('?')[0]}?db={PRIVATE_REDIS_DB}"
+    return urlunsplit(urlsplit(stores.redis_url)._replace(path=f"/{PRIVATE_REDIS_DB}"))
+
+
+@pytest_asyncio.fixture
+async def private_stores(stores) -> AsyncIterator[tuple[asyncpg.Pool, Redis]]:
+    """An empty database of its own and a Redis database of its own: a sweeper running here
+    touches nothing of the other tests (nor do their sweepers take its lock)."""
+    async with private_database(stores) as url:
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+        redis = Redis.from_url(stores.redis_url, db=PRIVATE_REDIS_DB, decode_responses=True)
+        await redis.flushdb()
+        try:
+            yield pool, redis
+        finally:
+            await redis.flushdb()
+            await redis.aclose()
+            await pool.close()
 
 
 LOCK_WAITERS = """

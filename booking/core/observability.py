@@ -41,6 +41,10 @@ GRAB_BATCH_SIZE = Histogram(
 RECONCILER_SEATS = Counter("booking_reconciler_seats_total",
                            "Seats the reconciler gave back or restored", ["action"])
 HOLDS_EXPIRED = Counter("booking_holds_expired_total", "Unpaid holds expired by the sweeper")
+SWEEPER_ROUNDS = Counter("booking_sweeper_rounds_total",
+                         "Sweeper round attempts by outcome: `ran` (this worker took the round "
+                         "lock) or `skipped` (another worker, here or on another host, held it)",
+                         ["outcome"])
 PROMOTIONS = Counter("booking_promotions_total", "Waiting residents given a freed seat")
 PAYMENTS = Counter("booking_payment_callbacks_total",
                    "Payment callbacks by outcome (`repeated`: a provider reference seen before)",

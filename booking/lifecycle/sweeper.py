@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 from redis.commands.core import AsyncScript
 
+from booking.core.observability import SWEEPER_ROUNDS
 from booking.ledger.promotions import promote_waiting
 from booking.lifecycle.holds import expire_due_holds
 from booking.seats import SeatGate
@@ -83,7 +84,9 @@ async def sweep_forever(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: f
             longest_ms = int(max(interval_s * 900, pending_timeout_s * 1000))
             started_ms = int(await take_round(keys=[RECONCILER_LOCK], args=[token, longest_ms]))
             if not started_ms:
+                SWEEPER_ROUNDS.labels("skipped").inc()
                 continue
+            SWEEPER_ROUNDS.labels("ran").inc()
             try:
                 held = _LockHeld(renew_round, token, longest_ms)
                 await held.run(_sweep_round(pool, gate, pending_timeout_s, interval_s))
