@@ -442,6 +442,43 @@ async def test_with_announcements_lost_a_freed_seat_is_grabbable_once_the_memory
     assert won - max(freed, asked + ttl_s) < 5  # and not much longer (one poll, one grab)
 
 
+async def test_while_its_heartbeats_come_back_the_memory_outlives_its_ttl(db, redis):
+    """Hearing its own beat back means every announcement before it was heard, so an entry is
+    still trusted long after its look: the next grabs are answered without the gate."""
+    ttl_s = 1.5
+    course_id = await course_row(db, capacity=1)
+    async with remembering(db, redis, ttl_s=ttl_s) as (path, memory):
+        assert isinstance(await path.bookings.grab(course_id, unique("first")), Grabbed)
+        looked = time.monotonic()
+        await refused_and_remembered(path, memory, course_id)
+        await until(lambda: time.monotonic() >= looked + 2 * ttl_s, timeout=3 * ttl_s)
+        assert memory.heard_all_until > looked + ttl_s  # beats sent after the look came back
+        sent, remembered = grabs_sent_to_redis(), answered_from_memory("sold_out")
+        answer = await path.bookings.grab(course_id, unique("racer"))
+
+    assert code_of(answer) == "sold_out"
+    assert grabs_sent_to_redis() == sent
+    assert answered_from_memory("sold_out") == remembered + 1
+
+
+async def test_a_process_that_stops_hearing_its_heartbeats_stops_trusting_its_memory(db, redis):
+    """A frozen process (its loop stalled longer than the ttl, as by a long pause) has heard
+    nothing meanwhile, announcements included: a grab seated right after the freeze asks the
+    gate (the seat step looks at the memory before it first waits for anything; once a beat
+    sent after the freeze is back, what was not announced is trusted again)."""
+    ttl_s = 1.0
+    course_id = await course_row(db, capacity=1)
+    async with remembering(db, redis, ttl_s=ttl_s) as (path, memory):
+        assert isinstance(await path.bookings.grab(course_id, unique("first")), Grabbed)
+        await refused_and_remembered(path, memory, course_id)
+        time.sleep(ttl_s * 1.5)  # the freeze: no beat (nor announcement) is heard during it
+        assert not memory.remembers(course_id)
+        sent = grabs_sent_to_redis()
+        decision = await path.bookings.seats.take(course_id, unique("racer"), str(uuid.uuid4()))
+        assert decision.outcome is Outcome.SOLD_OUT
+        assert grabs_sent_to_redis() == sent + 1
+
+
 async def test_an_announcement_before_the_look_is_written_keeps_it_from_being_remembered(
         db, redis, http):
     course = await make_course(http, capacity=1)
