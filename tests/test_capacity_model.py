@@ -14,6 +14,7 @@ import random
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -36,9 +37,9 @@ COSTS = Costs(memory_no=0.0004, gate_no=0.0005, full_grab=0.0009, course_read=0.
               filler=0.0001, redis_call=0.00001, pg_row=0.0002, client=0.00005)
 
 
-def _bench_model(cores: float) -> tuple[Model, WrkCrowd]:
+def _bench_model(cores: float, costs: Costs = COSTS) -> tuple[Model, WrkCrowd]:
     plan = BenchCrowd(courses=20, seats=5, residents=3000, connections=64, threads=2)
-    model = Model(Layout(workers=2, box_cores=cores, memory_share=0.8), COSTS,
+    model = Model(Layout(workers=2, box_cores=cores, memory_share=0.8), costs,
                   [plan.seats] * plan.courses)
     crowd = WrkCrowd(model, plan)
     crowd.start()
@@ -46,9 +47,12 @@ def _bench_model(cores: float) -> tuple[Model, WrkCrowd]:
     return model, crowd
 
 
-@pytest.mark.parametrize("cores", [1.0, 2.0])
-def test_throughput_never_exceeds_the_cpu_bound(cores: float) -> None:
-    model, crowd = _bench_model(cores)
+WITH_GC = replace(COSTS, gc_pause=0.02, gc_every=300)
+
+
+@pytest.mark.parametrize(("cores", "costs"), [(1.0, COSTS), (2.0, COSTS), (2.0, WITH_GC)])
+def test_throughput_never_exceeds_the_cpu_bound(cores: float, costs: Costs) -> None:
+    model, crowd = _bench_model(cores, costs)
     assert crowd.finished_at is not None and model.figures.decisions >= 3000
     # Every decision costs at least a memory "no" in the app, its rate-limit calls in Redis
     # and the client's handling of the answer, all on the box's cores.
@@ -58,14 +62,29 @@ def test_throughput_never_exceeds_the_cpu_bound(cores: float) -> None:
     assert model.demand_s() <= cores * model.clock.now * (1 + 1e-9)
 
 
+def test_full_collections_stop_the_worker_and_cost_their_cpu() -> None:
+    """Each worker pauses once every `gc_every` requests it takes (from a random point of its
+    cycle), and the pauses are CPU on top of the requests' own."""
+    model, crowd = _bench_model(2.0, WITH_GC)
+    pauses = sum(app.gc.pauses for app in model.apps)
+    answered = len(model.figures.latencies)  # taken: these, and at most one per connection
+    workers, every = len(model.apps), WITH_GC.gc_every
+    assert answered // every - workers <= pauses
+    assert pauses <= (answered + len(crowd.connections)) // every + workers
+    # A pause is app CPU the requests' own steps do not account for.
+    without, _ = _bench_model(2.0)
+    extra = model.box.used["app"] - without.box.used["app"]
+    assert extra == pytest.approx(pauses * WITH_GC.gc_pause, rel=0.05)
+
+
 def _city(machines: int, residents: int = 2000, spread_s: float = 1.0,
-          grabs: int = 2, reads: int = 2) -> Model:
+          grabs: int = 2, reads: int = 2, costs: Costs = COSTS) -> Model:
     layout = Layout(app_machines=machines, workers=2, one_box=False, app_cores=2.0,
                     redis_shards=2, pg_cores=2.0, rtt_s=0.0002, haproxy=True, maxconn=32,
                     memory_share=0.8)
     crowd = CityCrowd(residents=residents, courses=30, seats=150, grabs=grabs, reads=reads,
                       spread_s=spread_s, think_s=0.05)
-    model = Model(layout, COSTS, capacities(30, 5, random.Random(1)), seed=1)
+    model = Model(layout, costs, capacities(30, 5, random.Random(1)), seed=1)
     Residents(model, crowd, residents).start()
     model.clock.run()
     return model
@@ -97,6 +116,13 @@ def test_with_zero_load_p99_is_the_bare_service_path() -> None:
                  + COSTS.pg_row)
     assert grab.figures.confirmed == 1
     assert grab.figures.percentile(99) == pytest.approx(bare_grab, rel=1e-9)
+
+    # A full collection at every request stops the worker before anything else runs: each
+    # read waits exactly one pause out.
+    pausing = _city(1, residents=10, spread_s=100.0, grabs=0, reads=1,
+                    costs=replace(COSTS, gc_pause=0.005, gc_every=1))
+    assert pausing.figures.percentile(99) == pytest.approx(bare_read + 0.005, rel=1e-9)
+    assert min(pausing.figures.latencies) == pytest.approx(bare_read + 0.005, rel=1e-9)
 
 
 def _capacity(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cores", type=float,
                         help="the one box's cores for the model (default: the CPU the bench's "
                              "processes got during the rush)")
+    parser.add_argument("--no-gc", action="store_true",
+                        help="leave out the workers' full garbage collections (the model as it "
+                             "was before they were measured; for comparison)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--budget", type=int, default=CityPlan.budget,
                         help="simulated requests per projection run at most (default %(default)s)")
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"loadtest.capacity: {exc}", file=sys.stderr)
         return 2
-    costs, said = derive_costs(bench, args.full_grab_factor, args.cores)
+    costs, said = derive_costs(bench, args.full_grab_factor, args.cores, gc=not args.no_gc)
     outcome = run_bench_model(bench, costs, one_box(bench, args.cores), seed=args.seed)
     table, calibrated = comparison(bench, outcome)
     option = bench.option

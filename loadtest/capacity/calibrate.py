@@ -28,6 +28,13 @@ MACHINE_CORES = 2.0  # the one box the bench ran on
 GATE_NO_FACTOR = 1.2  # a sold-out from the gate costs the app this many memory "no"s
 FULL_GRAB_FACTOR = 2.0  # a grab that takes a seat costs the app this many memory "no"s
 ONE_BOX_RTT_S = 0.00005  # loopback round trip (its CPU is in the processes' own)
+# CPython's full garbage collections in a worker, measured by loadtest/capacity/gcprobe.py
+# (README, "The tail"): one worker of `booking serve` under 128 connections of sold-out grabs
+# ran one every 2,043 answers (121 young collections, as CPython 3.11's thresholds give), each
+# 88 ms of CPU, the CPU of 268 of its mean answers: 13.0 % of the worker's CPU. Kept as ratios
+# to the mean answer, so they follow the machine's speed.
+GC_EVERY_ANSWERS = 2043
+GC_PAUSE_ANSWERS = 268.0
 
 REQUIRED = ("decisions_per_s", "p50_ms", "p99_ms", "rush_s", "decisions", "confirmed",
             "server_cpu_s", "redis_cpu_s", "postgres_cpu_s", "client_cpu_s",
@@ -117,12 +124,13 @@ def check_bench(figures: object) -> Bench:
 
 
 def derive_costs(bench: Bench, full_grab_factor: float = FULL_GRAB_FACTOR,
-                 cores: float | None = None) -> tuple[Costs, list[str]]:
+                 cores: float | None = None, gc: bool = True) -> tuple[Costs, list[str]]:
     """The model's service times from the bench's CPU, and the sentences that say how."""
     decisions, taken = int(bench["decisions"]), int(bench["confirmed"])
     memory, gate = bench.from_memory, bench.gate_no
     units = memory + GATE_NO_FACTOR * gate + full_grab_factor * taken
-    memory_no = float(bench["server_cpu_s"]) / units
+    gc_pause, gc_share = gc_costs(bench) if gc else (0.0, 0.0)
+    memory_no = float(bench["server_cpu_s"]) * (1 - gc_share) / units
     calls = RATE_LIMIT_CALLS * decisions + (gate + taken) + gate + taken
     client = float(bench["client_cpu_s"]) / decisions
     box = cores or bench.used_cores
@@ -131,10 +139,13 @@ def derive_costs(bench: Bench, full_grab_factor: float = FULL_GRAB_FACTOR,
     costs = Costs(memory_no=memory_no, gate_no=memory_no * GATE_NO_FACTOR,
                   full_grab=memory_no * full_grab_factor, course_read=memory_no,
                   filler=filler, redis_call=float(bench["redis_cpu_s"]) / calls,
-                  pg_row=float(bench["postgres_cpu_s"]) / taken, client=client)
+                  pg_row=float(bench["postgres_cpu_s"]) / taken, client=client,
+                  gc_pause=gc_pause, gc_every=GC_EVERY_ANSWERS if gc else 0)
     ms = 1000
     said = [
-        f"service CPU {bench['server_cpu_s']} s split over its answers: {memory} sold-out "
+        _gc_said(gc_pause, gc_share),
+        f"service CPU {bench['server_cpu_s']} s{' less the collections' if gc else ''} split "
+        f"over its answers: {memory} sold-out "
         f"from memory, {gate} sold-out from the gate (x{GATE_NO_FACTOR}: one more pipelined "
         f"script call and the look that remembers it), {taken} seats taken "
         f"(x{full_grab_factor:g}: gate, group commit, settle, 201); the bench does not split "
@@ -158,6 +169,20 @@ def derive_costs(bench: Bench, full_grab_factor: float = FULL_GRAB_FACTOR,
     return costs, said
 
 
+def gc_costs(bench: Bench) -> tuple[float, float]:
+    """A full collection's CPU (in the bench's mean answers) and its share of the service's."""
+    mean_answer = float(bench["server_cpu_s"]) / int(bench["decisions"])
+    return GC_PAUSE_ANSWERS * mean_answer, GC_PAUSE_ANSWERS / GC_EVERY_ANSWERS
+
+
+def _gc_said(pause: float, share: float) -> str:
+    if not pause:
+        return "no garbage collection pauses (--no-gc): all of the service's CPU is in its answers"
+    return (f"a full garbage collection in each worker every {GC_EVERY_ANSWERS:,} requests it "
+            f"takes, stopping its loop for {pause * 1000:.0f} ms of CPU ({GC_PAUSE_ANSWERS:g} "
+            f"mean answers' CPU, as measured on one worker: {share:.1%} of the service's CPU)")
+
+
 def one_box(bench: Bench, cores: float | None = None) -> Layout:
     return Layout(app_machines=1, workers=int(bench.option["workers"]), one_box=True,
                   box_cores=cores or bench.used_cores, rtt_s=ONE_BOX_RTT_S,
@@ -177,6 +202,7 @@ class Outcome:
 
     decisions_per_s: float
     p50_ms: float
+    p95_ms: float
     p99_ms: float
     sellout_s: float | None
     rush_s: float
@@ -193,7 +219,8 @@ def run_bench_model(bench: Bench, costs: Costs, layout: Layout, seed: int = 1) -
     figures = model.figures
     rush_s = crowd.finished_at or model.clock.now
     return Outcome(decisions_per_s=figures.decisions / rush_s,
-                   p50_ms=figures.percentile(50) * 1000, p99_ms=figures.percentile(99) * 1000,
+                   p50_ms=figures.percentile(50) * 1000, p95_ms=figures.percentile(95) * 1000,
+                   p99_ms=figures.percentile(99) * 1000,
                    sellout_s=figures.sellout_at, rush_s=rush_s, decisions=figures.decisions,
                    confirmed=figures.confirmed)
 
@@ -219,6 +246,7 @@ def comparison(bench: Bench, outcome: Outcome) -> tuple[str, bool]:
              row("decisions/s", float(bench["decisions_per_s"]), outcome.decisions_per_s, True),
              row("p99 ms", float(bench["p99_ms"]), outcome.p99_ms, True),
              row("p50 ms", float(bench["p50_ms"]), outcome.p50_ms, False),
+             row("p95 ms", bench.figures.get("p95_ms"), outcome.p95_ms, False),
              row("sold out after s", bench.figures.get("sellout_s"), outcome.sellout_s, False),
              row("rush s", float(bench["rush_s"]), outcome.rush_s, False),
              row("decisions", float(bench["decisions"]), outcome.decisions, False)]

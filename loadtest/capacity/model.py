@@ -9,6 +9,9 @@ What it models, hop by hop, and why each piece looks the way it does:
 - `Loop`: one single-threaded process, an app worker's asyncio loop or a wrk thread. It runs its
   ready steps in arrival order, a chunk of up to `chunk_s` of CPU at a time (one loop turn), and
   a request is a chain of steps separated by round trips, as a coroutine is between awaits.
+- `GcPauses`: CPython's full (generation 2) garbage collection in an app worker. It runs inside
+  whatever step allocates, so the whole loop stops for it: every request the worker holds waits
+  the pause out. That, not queueing, is what makes a worker's answers' long tail.
 - `Batcher`: booking/core/batching.py's MicroBatcher (flushers that each take everything queued
   and wait for their round trip before taking more), for the rate-limit checks, the gate's
   grabs and the ledger's group commit.
@@ -32,7 +35,7 @@ import random
 from array import array
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import simpy
@@ -126,6 +129,14 @@ class Loop:
             self.running = True
             self.clock.after(0, self._turn)
 
+    def stop_the_world(self, cost: float) -> None:
+        """`cost` of CPU before any step that is ready: a pause inside the running step (a
+        garbage collection), which every request waiting on this loop waits out."""
+        self.ready.appendleft((cost, _nothing, ()))
+        if not self.running:
+            self.running = True
+            self.clock.after(0, self._turn)
+
     def _turn(self) -> None:
         chunk, total = [], 0.0
         ready = self.ready
@@ -142,6 +153,10 @@ class Loop:
             self._turn()
         else:
             self.running = False
+
+
+def _nothing() -> None:
+    return None
 
 
 Flush = Callable[[list[Any], Callable[[], None]], None]
@@ -243,11 +258,12 @@ class Costs:
     redis_call: float  # Redis CPU per script call
     pg_row: float  # Postgres CPU per confirmed booking
     client: float = 0.0  # load generator CPU per answer (wrk, on the one box only)
+    gc_pause: float = 0.0  # app CPU of one full garbage collection (the worker's loop stops)
+    gc_every: int = 0  # requests a worker takes in between two full collections (0: none)
 
     def with_full_grab(self, full_grab: float) -> Costs:
         """These costs with a full grab `full_grab` times as dear."""
-        return Costs(self.memory_no, self.gate_no, self.full_grab * full_grab,
-                     self.course_read, self.filler, self.redis_call, self.pg_row, self.client)
+        return replace(self, full_grab=self.full_grab * full_grab)
 
 
 @dataclass(frozen=True)
@@ -449,11 +465,13 @@ class App:
         self.limits = Batcher(self.loop, 1, 512, self._flush_limits)
         self.gate = Batcher(self.loop, 1, 512, self._flush_grabs)
         self.ledger = Batcher(self.loop, 3, 1000, self._flush_commits)
+        self.gc = GcPauses(self.loop, costs, sample, model.rng)
 
     # --- arrival ------------------------------------------------------------------------------
 
     def receive(self, request: Request) -> None:
         request.worker = self
+        self.gc.took_request()
         costs = self.costs
         if request.kind == "g":
             self.loop.push(costs.memory_no * FIRST_SHARE, self._parsed, request)
@@ -575,6 +593,34 @@ class App:
         """A flusher's reply is read by the worker's loop, in its turn."""
         fn, arg = pair
         self.loop.push(0.0, fn, arg, result)
+
+
+class GcPauses:
+    """CPython's full garbage collections in one worker. CPython 3.11 collects generation 0
+    after 700 net allocations of container objects, generation 1 after 10 of those, and all
+    three after 10 of those whenever the objects that outlived two collections grew by a quarter
+    since the last full one; a busy worker's requests in flight always do, so a full collection
+    comes every 121 young ones: every `gc_every` requests, as measured. It walks the whole heap
+    (about 120,000 objects in a worker: `gc_pause` of CPU), inside whatever step allocated, so
+    the loop stops. A sampled run (each request standing for 1/sample) has one every
+    gc_every x sample requests, gc_pause x sample of work on its slowed CPU: as long, as often.
+    Each worker starts at a random point of its cycle, as real ones do."""
+
+    def __init__(self, loop: Loop, costs: Costs, sample: float, rng: random.Random) -> None:
+        self.loop = loop
+        self.every = max(1, round(costs.gc_every * sample)) if costs.gc_every else 0
+        self.pause = costs.gc_pause * sample
+        self.left = rng.randrange(self.every) + 1 if self.every else 0
+        self.pauses = 0
+
+    def took_request(self) -> None:
+        if not self.every:
+            return
+        self.left -= 1
+        if self.left <= 0:
+            self.left = self.every
+            self.pauses += 1
+            self.loop.stop_the_world(self.pause)
 
 
 def _by_shard(model: Model, requests: list[Request],
