@@ -41,6 +41,7 @@ from booking import (
 from booking.bookings import Bookings
 from booking.core.auth import TokenVerifier, authentication
 from booking.core.errors import EXCEPTION_HANDLERS
+from booking.core.heap import freeze_startup_heap
 from booking.core.middleware import observe
 from booking.core.observability import configure_logging
 from booking.core.readcache import ReadCache
@@ -134,6 +135,7 @@ def _lifespan(settings: Settings, pool: asyncpg.Pool | None, redis: RedisClient 
                      asyncio.create_task(dispatch_forever(db, settings.webhook_url)),
                      asyncio.create_task(release_drawing.close_forever(app.state.draws))
                      ] if background else []
+            freeze_startup_heap()  # what exists now lives as long as the worker
             try:
                 yield
             finally:
