@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -112,6 +113,21 @@ def service_env(stores: Stores, data_dir: Path, **extra: str) -> dict[str, str]:
             "BOOKING_PENDING_TIMEOUT": "5", "BOOKING_RECONCILE_INTERVAL": "1",
             "BOOKING_RATE_RESIDENT": "60/10", "BOOKING_RATE_ADDRESS": "1000/10",
             "BOOKING_REDIS_CLUSTER": "1" if stores.cluster else "0", **extra}
+
+
+def debian_tool(tool: str) -> str:
+    """The path of `tool` (on PATH, or in /usr/sbin), its Debian package of the same name
+    installed first by tests/install-debian.sh when missing (as .ci/run does)."""
+    def found() -> str | None:
+        sbin = Path("/usr/sbin") / tool
+        return shutil.which(tool) or (str(sbin) if sbin.exists() else None)
+
+    if found() is None:
+        script = Path(__file__).with_name("install-debian.sh")
+        subprocess.run(["bash", str(script), tool], check=True, timeout=600)
+    path = found()
+    assert path, f"tests/install-debian.sh could not install {tool}"
+    return path
 
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -298,19 +314,22 @@ async def hammer(http: httpx.AsyncClient, course_id: int, lanes: int,
 
 
 @contextlib.asynccontextmanager
-async def private_database(stores: Stores) -> AsyncIterator[str]:
-    """An empty, migrated database of its own on the session's Postgres: yields its URL and
-    drops it afterwards (closing whatever is still connected)."""
-    name = f"private_{unique('db').replace('-', '_')}"
+async def private_database(stores: Stores, prefix: str = "private",
+                           migrated: bool = True) -> AsyncIterator[str]:
+    """A database of its own on the session's Postgres, migrated (or left empty, for a service
+    to create the schema): yields its URL and drops it afterwards (closing whatever is still
+    connected). No other service's sweeper reconciles its courses into another gate."""
+    name = f"{prefix}_{unique('db').replace('-', '_')}"
     admin = await asyncpg.connect(stores.database_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = urlunsplit(urlsplit(stores.database_url)._replace(path=f"/{name}"))
     try:
-        conn = await asyncpg.connect(url)
-        try:
-            await upgrade(conn)
-        finally:
-            await conn.close()
+        if migrated:
+            conn = await asyncpg.connect(url)
+            try:
+                await upgrade(conn)
+            finally:
+                await conn.close()
         yield url
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -11,13 +11,13 @@ import itertools
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import debian_tool
 
 from booking.ops.service import free_port
 from loadtest.capacity.model import (
@@ -147,13 +147,8 @@ def test_the_command_refuses_a_bench_line_without_the_figures_it_needs(
 
 @pytest.fixture(scope="module")
 def wrk() -> str:
-    """wrk for `booking bench`, installed with apt-get when missing (tests/install-wrk.sh)."""
-    if shutil.which("wrk") is None:
-        subprocess.run(["bash", str(ROOT / "tests" / "install-wrk.sh")], check=True,
-                       timeout=600)
-    found = shutil.which("wrk")
-    assert found, "booking bench needs wrk: tests/install-wrk.sh could not install it"
-    return found
+    """wrk for `booking bench`, installed with apt-get when missing."""
+    return debian_tool("wrk")
 
 
 def test_a_short_calibration_on_a_real_tiny_bench(tmp_path: Path, wrk: str) -> None:

@@ -10,7 +10,6 @@ database of their own, so the README's one test command covers both layouts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
@@ -18,7 +17,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -31,6 +29,7 @@ from conftest import (
     grab,
     make_course,
     make_venue,
+    private_database,
     run_cli,
     running_service,
     service_env,
@@ -41,7 +40,6 @@ from redis.asyncio import RedisCluster
 from redis.exceptions import ClusterCrossSlotError, RedisClusterException
 
 from booking.core.embedded_cluster import EmbeddedCluster
-from booking.core.migrations import upgrade
 from booking.core.stores import open_redis
 from booking.seats import SeatGate, course_keys
 from booking.seats.scripts import load_script, run_many
@@ -55,27 +53,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluste
         yield started
 
 
-@contextlib.asynccontextmanager
-async def fresh_database(stores: Stores) -> AsyncIterator[str]:
-    """A migrated database of its own on the session's Postgres; its URL. No other service's
-    sweeper reconciles its courses into another gate."""
-    name = f"cluster_{unique('db').replace('-', '_')}"
-    admin = await asyncpg.connect(stores.database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(stores.database_url)._replace(path=f"/{name}"))
-    try:
-        connection = await asyncpg.connect(url)
-        await upgrade(connection)
-        await connection.close()
-        yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
 @pytest_asyncio.fixture(scope="module")
 async def cluster_stores(stores: Stores, cluster: EmbeddedCluster) -> AsyncIterator[Stores]:
-    async with fresh_database(stores) as url:
+    async with private_database(stores, "cluster") as url:
         yield Stores(url, cluster.url, cluster)
 
 
@@ -221,7 +201,7 @@ ON_BOTH_LAYOUTS = ["tests/test_races.py", "tests/test_recovery.py", "tests/test_
 async def test_the_gate_race_and_recovery_tests_pass_on_a_cluster(stores, tmp_path):
     """The single-Redis session runs these files as well; here they run on a private cluster
     of their own (conftest's BOOKING_TEST_REDIS=cluster) and a database of their own."""
-    async with fresh_database(stores) as database_url:
+    async with private_database(stores, "cluster") as database_url:
         env = {**os.environ, "BOOKING_TEST_REDIS": "cluster", "DATABASE_URL": database_url,
                "TMPDIR": str(tmp_path)}
         env.pop("REDIS_URL", None)

@@ -7,27 +7,22 @@ its health checks' bound with nothing sent to it afterwards and its pending seat
 and a live-seat stream on one app showing grabs made through another, before and after the
 faults.
 
-HAProxy and wrk are installed with apt-get when missing (tests/install-haproxy.sh,
-tests/install-wrk.sh): this test never skips. The rehearsal gets a database of its own on the
-session's Postgres; its Redis Cluster, apps and HAProxy are its own.
+HAProxy and wrk are installed with apt-get when missing (tests/install-debian.sh): this test
+never skips. The rehearsal gets a database of its own on the session's Postgres; its Redis
+Cluster, apps and HAProxy are its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
-from conftest import Stores, unique
+from conftest import debian_tool, private_database
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ["--apps", "2", "--residents", "5000", "--rush", "10", "--live-at", "0.5",
@@ -35,41 +30,14 @@ SHORT = ["--apps", "2", "--residents", "5000", "--rush", "10", "--live-at", "0.5
 BOUND_S = 2.0 + 0.5  # HAProxy's fall x inter, and the slack the verdict allows
 
 
-def _installed(tool: str, script: str) -> str:
-    """`tool` on PATH (or in /usr/sbin), installed by tests/`script` when missing."""
-    def found() -> str | None:
-        return shutil.which(tool) or (f"/usr/sbin/{tool}"
-                                      if Path(f"/usr/sbin/{tool}").exists() else None)
-
-    if found() is None:
-        subprocess.run(["bash", str(ROOT / "tests" / script)], check=True, timeout=600)
-    path = found()
-    assert path, f"the cluster rehearsal needs {tool}: tests/{script} could not install it"
-    return path
-
-
 @pytest.fixture(scope="module")
 def tools() -> None:
-    _installed("haproxy", "install-haproxy.sh")
-    _installed("wrk", "install-wrk.sh")
-
-
-@contextlib.asynccontextmanager
-async def own_database(stores: Stores) -> AsyncIterator[str]:
-    """An empty database of its own on the session's Postgres (the rehearsal's first app
-    creates the schema); its URL."""
-    name = f"rehearsal_{unique('db').replace('-', '_')}"
-    admin = await asyncpg.connect(stores.database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(stores.database_url)._replace(path=f"/{name}"))
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    debian_tool("haproxy")
+    debian_tool("wrk")
 
 
 async def test_the_short_cluster_rehearsal_keeps_its_promises(stores, tools, tmp_path):
-    async with own_database(stores) as database_url:
+    async with private_database(stores, "rehearsal", migrated=False) as database_url:
         env = {k: v for k, v in os.environ.items()
                if k != "REDIS_URL" and not k.startswith("BOOKING_")}
         done = await asyncio.to_thread(

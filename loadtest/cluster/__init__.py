@@ -31,7 +31,7 @@ each fault recovered (the shard booked again; the app out within the bound, noth
 afterwards, nothing failed on the others, its pending seats back), both live watches showed
 the grabs and the forwarded address was judged; 1 otherwise, 2 when it could not run.
 
-Needs HAProxy (`apt-get install haproxy`, or tests/install-haproxy.sh) and wrk (`apt-get
+Needs HAProxy (`apt-get install haproxy`, or tests/install-debian.sh haproxy) and wrk (`apt-get
 install wrk`). By concern: `plan` (sizes and moments), `balancer` (HAProxy), `stack` (starting
 and breaking the parts), `cpu` (CPU per part), `crowd` (wrk, probes, live seats, addresses),
 `faults` (the two faults), `figures` (measures and verdict), `run` (one whole rehearsal) and

@@ -132,7 +132,7 @@ class Balancer:
         binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
         if not Path(binary).exists():
             raise BalancerError("the cluster rehearsal needs HAProxy: apt-get install haproxy "
-                                "(or tests/install-haproxy.sh).")
+                                "(or tests/install-debian.sh haproxy).")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.config.write_text(render(self.servers, bind_port=self.port,
                                       stats_port=self.stats_port, checks=self.checks))

@@ -44,14 +44,15 @@ from .tab import PHONE, Tab, chromium
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # git-ignored screenshots
 
 
-INSTALL = Path(__file__).with_name("install-browser.sh")
+INSTALL = Path(__file__).resolve().parents[1] / "install-debian.sh"
 
 
 @pytest.fixture(scope="session")
 def browser_type_launch_args() -> dict[str, Any]:
     """Debian's chromium (with fonts-noto-cjk); installed first with apt-get, as .ci/run
     does, when missing (the script returns at once when both are there)."""
-    installed = subprocess.run(["bash", str(INSTALL)], capture_output=True, text=True)
+    installed = subprocess.run(["bash", str(INSTALL), "chromium", "fonts-noto-cjk"],
+                               capture_output=True, text=True)
     if installed.returncode != 0:
         pytest.fail(f"the browser tests need Debian's chromium and fonts-noto-cjk, and "
                     f"{INSTALL.name} could not install them: {installed.stderr.strip()}")
