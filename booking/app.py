@@ -24,6 +24,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import Receive, Scope, Send
 
 from booking import (
     attendance,
@@ -55,6 +56,7 @@ from booking.core.stores import (
 )
 from booking.core.tasks import stop
 from booking.courses import Courses
+from booking.fast_grab import FastGrab
 from booking.ledger.commit import DEFAULT_DEADLINE_S, BookingLedger
 from booking.ledger.outbox import dispatch_forever
 from booking.lifecycle.sweeper import sweep_forever
@@ -173,6 +175,27 @@ def _document_strict_bodies(app: Litestar) -> None:
             schema.additional_properties = False
 
 
+class BookingApp(Litestar):
+    """Litestar with two things in front of its router: the request observer (request id and
+    metrics, core/middleware.py) and the grab's fast path (fast_grab.py)."""
+
+    def __init__(self, verifier: TokenVerifier, **config: Any) -> None:
+        super().__init__(**config)
+        grab_route = next(route for route in self.routes if route.path == bookings.GRAB_PATH)
+        self._fast_grab = FastGrab(verifier, self.state, grab_route.path_format)
+        self._observed = observe(self._fast_or_routed)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, send)
+        else:
+            await self._observed(scope, receive, send)
+
+    async def _fast_or_routed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not await self._fast_grab.answer(scope, send):
+            await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, *, pool: asyncpg.Pool | None = None,
                redis: RedisClient | None = None, background: bool = True) -> Litestar:
     """The ASGI app. Settings come from the environment unless given; given `pool` and
@@ -189,7 +212,8 @@ def create_app(settings: Settings | None = None, *, pool: asyncpg.Pool | None = 
     verifier = TokenVerifier(settings.secret)
     pages = site(settings)
     live = LiveSeats.for_app(settings, redis)
-    app = Litestar(
+    app = BookingApp(
+        verifier,
         route_handlers=[*probes.HANDLERS, *venues.HANDLERS, *courses.HANDLERS,
                         *bookings.HANDLERS, *waitlist.HANDLERS, *payments.HANDLERS,
                         *signin.HANDLERS, *staff.HANDLERS, *imports.HANDLERS, *attendance.HANDLERS,
@@ -204,7 +228,7 @@ def create_app(settings: Settings | None = None, *, pool: asyncpg.Pool | None = 
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=openapi,
         request_max_body_size=MAX_BODY_BYTES,
-        middleware=[observe, authentication(verifier)],
+        middleware=[authentication(verifier)],
         logging_config=None,  # configure_logging's JSON lines, not Litestar's own handlers
     )
     _document_strict_bodies(app)

@@ -171,6 +171,15 @@ class Bookings:
         GRABS.labels("rate_limited").inc()
         return RateLimited.waiting(wait_s, "Too many grabs; please wait a moment.")
 
+    async def grab_limited(self, course_id: int, principal: Principal,
+                           address: str) -> Grabbed | ApiError:
+        """A resident's grab as both of its routes answer it (Litestar's handler below and the
+        fast path in fast_grab.py): the rate limits first, then the grab."""
+        limited = await self.limit(principal.sub, address)
+        if limited is not None:
+            return limited
+        return await self.grab(course_id, principal.sub, principal.tier)
+
     async def grab(self, course_id: int, resident_id: str,
                    tier: str | None = None) -> Grabbed | ApiError:
         """Take a seat and write the booking; or the booking already held; or why not.
@@ -450,23 +459,22 @@ def _swap_refusal(exc: asyncpg.IntegrityConstraintViolationError) -> ApiError:
 # --- /v1 --------------------------------------------------------------------------------------
 
 Caller = Request[Principal, Any, State]  # request.user: the principal the middleware checked
+GRAB_PATH = "/v1/courses/{course_id:int}/bookings"
 
 
 def _address(request: Request) -> str:
     return request.client.host if request.client else "-"
 
 
-@post("/v1/courses/{course_id:int}/bookings", operation_id="grabSeat", tags=["bookings"],
+# Most grabs never reach this handler: fast_grab.py answers a canonical one before Litestar
+# routes it. This one answers the rest (e.g. `/v1/courses/007/bookings`) and documents the route.
+@post(GRAB_PATH, operation_id="grabSeat", tags=["bookings"],
       status_code=201, **requires("resident", errors=(404, 409, 429), also={
           200: ResponseSpec(BookingOut, description="The booking this resident already holds")}))
 async def grab_seat(request: Caller, course_id: CourseId,
                     bookings: NamedDependency[Bookings]) -> Response[BookingOut]:
     """Grab a seat: 201 with a new booking, 200 with the one already held, or 409 saying why not."""
-    resident_id = request.user.sub
-    limited = await bookings.limit(resident_id, _address(request))
-    if limited is not None:
-        return answer(limited)
-    result = await bookings.grab(course_id, resident_id, request.user.tier)
+    result = await bookings.grab_limited(course_id, request.user, _address(request))
     if isinstance(result, ApiError):
         return answer(result)
     return Response(result.booking, status_code=201 if result.new else 200)

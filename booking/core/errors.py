@@ -198,7 +198,7 @@ def _unexpected(_: Request, exc: Exception) -> Response[dict[str, Any]]:
     return _json(500, "internal", "Something went wrong on our side.")
 
 
-EXCEPTION_HANDLERS = {
+EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
     ApiError: _api_error,
     ValidationException: _validation_error,
     HTTPException: _http_error,
@@ -211,3 +211,13 @@ EXCEPTION_HANDLERS = {
     TimeoutError: _store_down,
     Exception: _unexpected,
 }
+
+
+def error_response(exc: Exception) -> Response[Any]:
+    """The answer the handler table gives `exc`, for a path that answers outside Litestar's
+    router (the grab's fast path): the same status, body and headers as a routed request."""
+    for kind in type(exc).__mro__:
+        handler = EXCEPTION_HANDLERS.get(kind)
+        if handler is not None:
+            return handler(None, exc)  # type: ignore[no-any-return]
+    return _unexpected(None, exc)  # type: ignore[arg-type]
