@@ -8,7 +8,7 @@ import uuid
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from booking.core.observability import REQUEST_SECONDS, request_id_var
+from booking.core.observability import REQUEST_SECONDS, child, request_id_var
 
 REQUEST_ID = b"x-request-id"
 _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
@@ -46,7 +46,7 @@ def observe(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send_with_id)
         finally:
             route = scope.get("path_template", "unmatched")
-            REQUEST_SECONDS.labels(scope["method"], route, str(status)).observe(
+            child(REQUEST_SECONDS, scope["method"], route, str(status)).observe(
                 time.perf_counter() - started)
 
     return middleware
