@@ -4,6 +4,10 @@ before the body is read or validated."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import re
 import time
 import uuid
@@ -11,8 +15,14 @@ from typing import Any
 
 import httpx
 import jwt
+import msgspec
 import pytest
 from conftest import SECRET, auth
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from booking.core.auth import TokenVerifier, mint
+from booking.core.errors import Unauthorized
 
 # Operations anyone may call; the payment callback proves itself with its signature instead.
 PUBLIC = {"health", "ready", "metrics", "listVenues", "listCourses", "getCourse",
@@ -110,3 +120,93 @@ async def test_a_token_without_expiry_is_refused(http):
                             headers={"Authorization": f"Bearer {BAD_TOKENS['no exp']}"})
     assert answer.status_code == 401
     assert "exp" in answer.json()["detail"]
+
+
+# --- the plain path of TokenVerifier.verify agrees with PyJWT --------------------------------
+
+def _segment(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _token(header: dict[str, Any], claims: dict[str, Any], key: bytes) -> str:
+    """A JWT built by hand, so that any header, claim or signature can be written."""
+    signing = (f"{_segment(json.dumps(header, separators=(',', ':')).encode())}."
+               f"{_segment(json.dumps(claims, separators=(',', ':')).encode())}")
+    digest = {"HS256": hashlib.sha256, "HS384": hashlib.sha384}.get(header.get("alg"))
+    signature = hmac.new(key, signing.encode(), digest).digest() if digest else b""
+    return f"{signing}.{_segment(signature)}"
+
+
+MINTED_HEADER = {"alg": "HS256", "typ": "JWT"}  # what booking.core.auth.mint writes
+NOW = int(time.time())
+claim_values = {
+    "sub": st.one_of(st.text(max_size=4), st.integers(), st.just("a\x00b")),
+    "role": st.sampled_from(["resident", "venue", "operator", "admin", 7]),
+    "exp": st.one_of(st.integers(NOW - 10**6, NOW - 60), st.integers(NOW + 60, NOW + 10**6),
+                     st.floats(NOW + 60, NOW + 10**6), st.just(str(NOW + 3600)),
+                     st.none()),
+    "venue_id": st.one_of(st.integers(-1, 3), st.none()),
+    "tier": st.one_of(st.text(max_size=3), st.integers()),
+    "iat": st.one_of(st.integers(NOW - 100, NOW + 10**6), st.text(max_size=2)),
+    "nbf": st.integers(NOW - 100, NOW + 10**6),
+    "aud": st.just("someone"),
+    "iss": st.just("elsewhere"),
+}
+
+
+@st.composite
+def tokens(draw: Any) -> str:
+    """A valid minted-style token with none, one or two defects: a claim of a wrong type or
+    value, a required claim missing, a claim PyJWT gives meaning to, another header, another
+    key, one character changed."""
+    claims: dict[str, Any] = {"sub": draw(st.text("abc", min_size=1, max_size=3)),
+                              "role": draw(st.sampled_from(["resident", "operator", "venue"])),
+                              "exp": draw(st.integers(NOW + 60, NOW + 10**6))}
+    if claims["role"] == "venue":
+        claims["venue_id"] = draw(st.integers(1, 3))
+    header, key, mutate = MINTED_HEADER, SECRET.encode(), False
+    for defect in draw(st.lists(st.sampled_from(["claim", "missing", "header", "key", "char"]),
+                                max_size=2)):
+        if defect == "claim":
+            name = draw(st.sampled_from(sorted(claim_values)))
+            claims[name] = draw(claim_values[name])
+        elif defect == "missing" and claims:
+            del claims[draw(st.sampled_from(sorted(claims)))]
+        elif defect == "header":
+            header = draw(st.fixed_dictionaries(
+                {"alg": st.sampled_from(["HS256", "HS384", "none"])},
+                optional={"typ": st.sampled_from(["JWT", "at+jwt"]), "kid": st.integers(0, 2),
+                          "crit": st.just(["exp"])}))
+        elif defect == "key":
+            key = b"another-key-of-thirty-two-bytes!!"
+        else:
+            mutate = True
+    token = _token(header, claims, key)
+    if mutate:
+        at = draw(st.integers(0, len(token) - 1))
+        token = token[:at] + draw(st.sampled_from("A_-.=+/ \x00")) + token[at + 1:]
+    return token
+
+
+def _outcome(verify: Any, token: str) -> object:
+    try:
+        return msgspec.structs.asdict(verify(token))
+    except Unauthorized:
+        return "unauthorized"
+
+
+@given(tokens())
+@settings(max_examples=600, deadline=None)
+def test_the_plain_path_accepts_exactly_what_pyjwt_accepts(token):
+    verifier = TokenVerifier(SECRET)
+    verifier.verify(mint(SECRET, "resident", "first"))  # PyJWT has accepted the minted header
+    assert _outcome(verifier.verify, token) == _outcome(verifier.checked, token)
+
+
+def test_a_plain_token_of_a_known_header_skips_pyjwt():
+    verifier = TokenVerifier(SECRET)
+    assert verifier._plain(mint(SECRET, "resident", "a")) is None  # no header known yet
+    verifier.verify(mint(SECRET, "resident", "a"))
+    for token in (mint(SECRET, "resident", "b", tier="senior"),
+                  mint(SECRET, "venue", "v", venue_id=3), mint(SECRET, "operator", "o")):
+        assert verifier._plain(token) == verifier.checked(token)
