@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from booking.seats.ratelimit import Limit, RateLimiter
 
 PER_RESIDENT, PER_ADDRESS, WINDOW_S = 60, 1000, 3600
+VARYING = ("date", "retry-after", "x-request-id")  # headers two answers may differ in
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,24 @@ async def test_a_resident_hammering_gets_429_with_retry_after(http, db):
     assert set(codes[PER_RESIDENT:]) == {429}
     assert_retry_after_ends_the_window(answers[-1], window_opened)
     assert await active_rows(db, course["id"]) == 1
+
+
+async def test_the_fast_path_and_litestar_refuse_alike(http):
+    """The 429 of a canonical grab (booking/fast_grab.py) and of the same grab routed by
+    Litestar (`/v1/courses/0<id>/bookings`): the same body, headers and wait."""
+    course = await make_course(http, capacity=1)
+    who = unique("both-ways")
+    window_opened = time.monotonic()
+    headers = {**resident(who), "X-Forwarded-For": address_of(who)}
+    for _ in range(PER_RESIDENT):
+        assert (await grab(http, course["id"], who)).status_code in (200, 201)
+    fast = await http.post(f"/v1/courses/{course['id']}/bookings", headers=headers)
+    routed = await http.post(f"/v1/courses/0{course['id']}/bookings", headers=headers)
+    assert fast.content == routed.content
+    assert {k: v for k, v in fast.headers.items() if k not in VARYING} == \
+        {k: v for k, v in routed.headers.items() if k not in VARYING}
+    for answer in (fast, routed):
+        assert_retry_after_ends_the_window(answer, window_opened)
 
 
 async def test_one_address_flooding_is_limited_but_others_still_grab(http, db):

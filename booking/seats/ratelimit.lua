@@ -1,14 +1,23 @@
--- One fixed-window counter: count this request, say how long to wait when over the limit.
--- KEYS[1]: the counter (its own hash tag: a resident's or an address's slot)
--- ARGV: limit, window in ms
--- Returns 0 when allowed, else the ms until the window ends.
-if tonumber(ARGV[1]) == 0 then return 0 end  -- this limit is off
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if n <= tonumber(ARGV[1]) then return 0 end
-local wait = redis.call('PTTL', KEYS[1])
-if wait < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  wait = tonumber(ARGV[2])
+-- Fixed-window counters: count this request on each, say how long to wait on each.
+-- KEYS: the counters (each its own hash tag: a resident's or an address's slot; on a cluster a
+--       run holds one, on one Redis a run holds every counter of a batch of requests)
+-- ARGV: for KEYS[i], its limit ARGV[2i-1] and its window in ms ARGV[2i]
+-- Returns per counter 0 when allowed, else the ms until its window ends.
+local waits = {}
+for i, key in ipairs(KEYS) do
+  local limit, window = tonumber(ARGV[2 * i - 1]), ARGV[2 * i]
+  local wait = 0
+  if limit > 0 then  -- 0: this limit is off
+    local n = redis.call('INCR', key)
+    if n == 1 then redis.call('PEXPIRE', key, window) end
+    if n > limit then
+      wait = redis.call('PTTL', key)
+      if wait < 0 then
+        redis.call('PEXPIRE', key, window)
+        wait = tonumber(window)
+      end
+    end
+  end
+  waits[i] = wait
 end
-return wait
+return waits
