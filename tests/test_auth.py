@@ -210,3 +210,18 @@ def test_a_plain_token_of_a_known_header_skips_pyjwt():
     for token in (mint(SECRET, "resident", "b", tier="senior"),
                   mint(SECRET, "venue", "v", venue_id=3), mint(SECRET, "operator", "o")):
         assert verifier._plain(token) == verifier.checked(token)
+
+
+def test_a_signature_with_its_spare_bits_set_is_refused_as_pyjwt_refuses_it():
+    """The last character of a signature carries 4 bits and 2 spare ones; base64 decoding
+    ignores the spare ones, PyJWT refuses them set. So must the plain path."""
+    verifier = TokenVerifier(SECRET)
+    token = mint(SECRET, "resident", "spare-bits")
+    verifier.verify(token)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(token[-1])
+    for spare in (1, 2, 3):  # the same 4 bits, other spare bits
+        altered = token[:-1] + alphabet[last | spare]
+        if altered != token:
+            assert _outcome(verifier.verify, altered) == _outcome(verifier.checked, altered) \
+                == "unauthorized"
