@@ -186,10 +186,7 @@ class BookingApp(Litestar):
         self._observed = observe(self._fast_or_routed)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            await super().__call__(scope, receive, send)
-        else:
-            await self._observed(scope, receive, send)
+        await self._observed(scope, receive, send)  # it hands any other scope on untouched
 
     async def _fast_or_routed(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not await self._fast_grab.answer(scope, send):

@@ -18,15 +18,14 @@ is still told 401 and a venue 403 by the authentication middleware, and an odd f
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import msgspec
 from litestar.datastructures import State
 from litestar.types import Scope, Send
 
 from booking.bookings import Bookings
-from booking.core.auth import TokenVerifier
-from booking.core.errors import ApiError, error_response
+from booking.core.auth import Principal, TokenVerifier
+from booking.core.errors import ApiError, error_body, error_response
 
 PREFIX, SUFFIX = "/v1/courses/", "/bookings"
 MAX_DIGITS = 18  # a longer id is no course either way: Litestar's handler says so
@@ -74,14 +73,12 @@ class FastGrab:
                         response.headers)
             return True
         if isinstance(result, ApiError):
-            body = msgspec.json.encode({"code": result.code, "detail": result.detail,
-                                        **result.extra})
-            await _send(send, result.status_code, body, result.headers)
+            await _send(send, result.status_code, error_body(result), result.headers)
         else:
             await _send(send, 201 if result.new else 200, msgspec.json.encode(result.booking))
         return True
 
-    def _resident(self, scope: Scope) -> Any:
+    def _resident(self, scope: Scope) -> Principal | None:
         """The resident whose valid token the request carries; None: anything else."""
         authorization = None
         for name, value in scope["headers"]:

@@ -174,7 +174,7 @@ def authentication(verifier: TokenVerifier) -> Callable[[ASGIApp], ASGIApp]:
         async def authenticate(scope: Scope, receive: Receive, send: Send) -> None:
             roles = scope["route_handler"].opt.get("roles") if scope["type"] == "http" else None
             if roles:
-                principal = verifier.principal(header(scope, b"authorization"))
+                principal = verifier.principal(_header(scope, b"authorization"))
                 if principal.role not in roles:
                     raise Forbidden(f"This needs a {' or '.join(roles)} token.")
                 scope["user"] = principal
@@ -185,8 +185,7 @@ def authentication(verifier: TokenVerifier) -> Callable[[ASGIApp], ASGIApp]:
     return middleware
 
 
-def header(scope: Scope, name: bytes) -> str | None:
-    """A request header's value (latin-1, as HTTP has it), or None."""
+def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
             return value.decode("latin-1")

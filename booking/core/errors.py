@@ -123,11 +123,15 @@ def documented(*statuses: int) -> dict[int, ResponseSpec]:
             for status in statuses}
 
 
+def error_body(error: ApiError) -> bytes:
+    """An error's JSON body: `{code, detail}` and its extra fields."""
+    return msgspec.json.encode({"code": error.code, "detail": error.detail, **error.extra})
+
+
 def answer(error: ApiError) -> Response[Any]:
     """An error as a response, for hot paths that answer without raising (raising and
     catching through the framework costs more than the rest of a sold-out answer)."""
-    body = msgspec.json.encode({"code": error.code, "detail": error.detail, **error.extra})
-    return Response(body, status_code=error.status_code, headers=error.headers,
+    return Response(error_body(error), status_code=error.status_code, headers=error.headers,
                     media_type=MediaType.JSON)
 
 
@@ -216,8 +220,6 @@ EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
 def error_response(exc: Exception) -> Response[Any]:
     """The answer the handler table gives `exc`, for a path that answers outside Litestar's
     router (the grab's fast path): the same status, body and headers as a routed request."""
-    for kind in type(exc).__mro__:
-        handler = EXCEPTION_HANDLERS.get(kind)
-        if handler is not None:
-            return handler(None, exc)  # type: ignore[no-any-return]
-    return _unexpected(None, exc)  # type: ignore[arg-type]
+    handler = next(EXCEPTION_HANDLERS[kind] for kind in type(exc).__mro__
+                   if kind in EXCEPTION_HANDLERS)  # Exception is in the table
+    return handler(None, exc)  # type: ignore[no-any-return]

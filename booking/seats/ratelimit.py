@@ -105,9 +105,7 @@ class RateLimiter:
             replies = await run_many(self._redis, self._script, runs)
         except (RedisError, OSError) as exc:  # the server did not answer at all
             replies = [exc] * len(runs)
-        waits = iter([wait for (keys, _), reply in zip(runs, replies, strict=True)
-                      for wait in ([reply] * len(keys) if isinstance(reply, Exception)
-                                   else reply)])  # type: ignore[attr-defined]
+        waits = iter(_per_counter(runs, replies))
         return [max(self._wait_of(call, next(waits)) for call in item) for item in items]
 
     def _wait_of(self, call: Call, reply: object) -> float:
@@ -138,6 +136,15 @@ def _together(calls: list[Call]) -> Call:
     """Counters' calls as one run: their keys, and their limits and windows in that order."""
     return (tuple(key for keys, _ in calls for key in keys),
             tuple(arg for _, args in calls for arg in args))
+
+
+def _per_counter(runs: list[Call], replies: list[object]) -> list[object]:
+    """Each counter's wait in ms, in order: a run's reply lists them; a run that failed
+    fails each of its counters."""
+    waits: list[object] = []
+    for (keys, _), reply in zip(runs, replies, strict=True):
+        waits += [reply] * len(keys) if isinstance(reply, Exception) else reply  # type: ignore[list-item]
+    return waits
 
 
 def _key(prefix: str, subject: str) -> str:
