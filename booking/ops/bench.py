@@ -38,6 +38,7 @@ import psutil
 from booking.core.auth import mint
 from booking.core.settings import ConfigError, Settings
 from booking.core.stores import running
+from booking.ops.bench_metrics import ServiceView, answers, read_view
 from booking.ops.check import CheckReport, check_invariants, read_received
 from booking.ops.rehearsal import Release, publish_release
 from booking.ops.service import Service, ServiceError, free_port
@@ -135,7 +136,7 @@ def _rush(settings: Settings, args: argparse.Namespace, service: Service, work: 
     else:
         asyncio.run(_move_opening(base, settings.secret, release, opens_at))
     meter = CpuMeter(service, settings, cluster)
-    grabs_before = _service_grabs(base)
+    view_before = read_view(base)
     cpu_before, client_before = meter.sample(), _children_cpu()
     time.sleep(max(0.0, opens_at - time.time()))
     print(f"Sales open: {args.residents} residents rush over {args.concurrency} connections.",
@@ -143,12 +144,12 @@ def _rush(settings: Settings, args: argparse.Namespace, service: Service, work: 
     rush = _run_wrk(args, base, _rush_env(args, release, tokens, work), work)
     cpu = {k: _delta(v, cpu_before[k]) for k, v in meter.sample().items()}
     cpu["client"] = _children_cpu() - client_before
-    grabs = _grabs_delta(_service_grabs(base), grabs_before)
+    view = read_view(base).since(view_before)
     ceiling_after = ceiling.measure("after the rush") if ceiling else None
     counts, started = read_counts(work, args.threads)
     received = read_received(work.glob("wrk-*-ids.txt"))
     report, sellout_s = asyncio.run(_verify(settings, release, received, opens_at))
-    seen = Seen(counts, started, grabs, rush, sellout_s)
+    seen = Seen(counts, started, view, rush, sellout_s)
     return _report(args, seen, cpu, (ceiling_before, ceiling_after), report)
 
 
@@ -414,35 +415,6 @@ def _delta(after: float | None, before: float | None) -> float | None:
     return after - before if after is not None and before is not None else None
 
 
-GRABS_LINE = re.compile(r'^booking_grabs_total\{outcome="([^"]+)"\} ([0-9.e+]+)$', re.M)
-# The part of those answered from a process's memory, without Redis (booking/seats/memory.py).
-MEMORY_LINE = re.compile(
-    r'^booking_grabs_from_memory_total\{outcome="([^"]+)"\} ([0-9.e+]+)$', re.M)
-
-
-def _service_grabs(base: str) -> dict[str, float]:
-    """The service's own count of grab answers by outcome (its /metrics, every worker), and
-    of those answered from memory (`from_memory:<outcome>`)."""
-    try:
-        text = httpx.get(f"{base}/metrics", timeout=10).text
-    except httpx.HTTPError:
-        return {}
-    counts = {outcome: float(n) for outcome, n in GRABS_LINE.findall(text)}
-    counts.update({f"from_memory:{outcome}": float(n)
-                   for outcome, n in MEMORY_LINE.findall(text)})
-    return counts
-
-
-def _answers(outcomes: dict[str, int]) -> int:
-    """Grab answers counted by the service (those from memory are already among them)."""
-    return sum(n for outcome, n in outcomes.items() if not outcome.startswith("from_memory:"))
-
-
-def _grabs_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, int]:
-    return {k: round(n - before.get(k, 0)) for k, n in sorted(after.items())
-            if n - before.get(k, 0) > 0}
-
-
 def read_counts(work: Path, threads: int) -> tuple[Counter[str], int]:
     """Answers by status (and code) that wrk's threads saw, as of their last checkpoint, and
     how many residents they had started."""
@@ -488,7 +460,7 @@ class Seen:
 
     counts: Counter[str]
     started: int
-    service_grabs: dict[str, int]
+    service: ServiceView
     rush: Rush
     sellout_s: float | None
 
@@ -526,7 +498,8 @@ def _figures(args: argparse.Namespace, seen: Seen, cpu: dict[str, float | None],
         "status_5xx": sum(n for key, n in counts.items()
                           if key.split(":")[-1].startswith("5")),
         "flood_answers": {key: n for key, n in counts.items() if key.startswith("flood:")},
-        "service_grab_outcomes": seen.service_grabs,
+        "service_grab_outcomes": seen.service.outcomes(),
+        "service_latency": seen.service.latency(),
         "socket_errors": wrk.get("socket_errors", {}),
         "violations": len(report.violations),
         **_cpu_figures(cpu, decisions),
@@ -577,6 +550,7 @@ Rush of {args.residents} residents at {args.courses} courses x {args.seats} seat
   answers:                 {f['status_counts']}
   (flood answers are the abuser's; decisions and rates count honest residents only)
   service's grab outcomes: {f['service_grab_outcomes']} (its /metrics)
+  service's own latency:   {_latency_line(f['service_latency'])}
   socket errors:           {f['socket_errors']}
   CPU seconds:             client (wrk) {f['client_cpu_s']}, service {f['server_cpu_s']}, \
 Redis {f['redis_cpu_s']}, Postgres {f['postgres_cpu_s']}
@@ -590,8 +564,18 @@ def _cut_short_line(args: argparse.Namespace, seen: Seen, figures: dict[str, obj
     return (f"  RUSH CUT SHORT by --max-seconds {args.max_seconds}: {seen.started} of "
             f"{args.residents} residents started, and not all got their answers. The figures "
             f"are what wrk saw until then (each wrk thread's last up to 200 answers may be "
-            f"missing); the service counted {_answers(seen.service_grabs)} grab answers. "
+            f"missing); the service counted {answers(seen.service.outcomes())} grab answers. "
             f"The release {'sold out' if figures['sellout_s'] else 'did not sell out'}.\n")
+
+
+def _latency_line(latency: dict[str, dict[str, float | None]]) -> str:
+    """Per status, the buckets of the service's histogram its p50 and p99 fall in."""
+    def bound(ms: float | None) -> str:
+        return f"<= {ms:g} ms" if ms is not None else "beyond its last bucket"
+
+    return "; ".join(f"{status}: p50 {bound(f['p50_le_ms'])}, p99 {bound(f['p99_le_ms'])} "
+                     f"({f['answers']:g} answers)"
+                     for status, f in latency.items()) or "not measured"
 
 
 def _sellout(figures: dict[str, object]) -> str:
