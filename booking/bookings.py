@@ -391,14 +391,15 @@ class Bookings:
                     await owe_refunds(conn, [old["id"]], "swapped")
         except (ApiError, asyncpg.PostgresError) as exc:
             await self._give_back(course_id, resident_id, new_id)
-            await gate.settle([(old["course_id"], resident_id)])  # the old seat stays theirs
+            # the old seat stays theirs
+            await gate.settle([(old["course_id"], resident_id, old["id"])])
             if getattr(exc, "constraint_name", None) == term_cap.CONSTRAINT:
                 raise await term_cap.cap_reached(self.pool, course_id, resident_id) from exc
             if isinstance(exc, asyncpg.IntegrityConstraintViolationError):  # gate, ledger differ
                 await self.seats.loader.load(course_id)
                 raise _swap_refusal(exc) from exc
             raise
-        await gate.settle([(course_id, resident_id)])
+        await gate.settle([(course_id, resident_id, new_id)])
         await free_seat(self.pool, gate, old["course_id"], resident_id, old["id"])
         return booking_out(row)
 

@@ -89,7 +89,7 @@ async def write_promotions(pool: asyncpg.Pool, gate: SeatGate,
         if outcome == "written":
             written += 1
             PROMOTIONS.inc()
-            await gate.settle([(promotion.course_id, promotion.resident_id)])
+            await gate.settle([(promotion.course_id, promotion.resident_id, promotion.booking_id)])
         else:  # that resident no longer waits: the seat goes on to the next one
             _, more = await gate.free(promotion.course_id, promotion.resident_id,
                                       promotion.booking_id, promotions=1)

@@ -26,7 +26,8 @@ WHERE id = ANY($1::uuid[]) AND status = 'held' AND expires_at <= now()
 RETURNING id::text AS id, course_id, resident_id
 """
 STILL_ACTIVE = """
-SELECT course_id, resident_id FROM bookings WHERE id = ANY($1::uuid[]) AND booking_active(status)
+SELECT id::text AS id, course_id, resident_id FROM bookings
+WHERE id = ANY($1::uuid[]) AND booking_active(status)
 """
 
 
@@ -45,6 +46,6 @@ async def expire_due_holds(pool: asyncpg.Pool, gate: SeatGate, limit: int = 500)
         await free_seat(pool, gate, row["course_id"], row["resident_id"], row["id"])
     # Paid meanwhile: their seats stay, so clear the leaving marks. A hold that ended another
     # way (the resident's own cancel) keeps its mark for that cancel to finish.
-    await gate.settle((row["course_id"], row["resident_id"]) for row in still_held)
+    await gate.settle((row["course_id"], row["resident_id"], row["id"]) for row in still_held)
     HOLDS_EXPIRED.inc(len(expired))
     return len(expired)

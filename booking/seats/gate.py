@@ -150,6 +150,7 @@ class SeatGate:
         self._wait = load_script(redis, "booking.seats", "wait")
         self._leaving = load_script(redis, "booking.seats", "leaving")
         self._sync = load_script(redis, "booking.seats", "sync")
+        self._settle = load_script(redis, "booking.seats", "settle")
         self._leave_queue = redis.register_script(with_channel(redis, _LEAVE_QUEUE))
         self._has_stale_pending = redis.register_script(_HAS_STALE_PENDING)
         self._figures = redis.register_script(_FIGURES)
@@ -205,17 +206,20 @@ class SeatGate:
         info, _, _, waiting = course_keys(course_id)
         await self._leave_queue(keys=[info, waiting], args=[resident_id])
 
-    async def settle(self, committed: Iterable[tuple[int, str]]) -> None:
-        """Clear the pending marks of grabs whose rows are committed, one pipeline for all."""
+    async def settle(self, committed: Iterable[tuple[int, str, str]]) -> None:
+        """Clear the pending marks of grabs whose rows are committed, (course id, resident id,
+        booking id) each: one run of settle.lua per course, all in one pipeline. A mark goes
+        only while its resident holds the seat under that booking."""
         by_course: dict[int, list[str]] = {}
-        for course_id, resident_id in committed:
-            by_course.setdefault(course_id, []).append(resident_id)
+        for course_id, resident_id, booking_id in committed:
+            by_course.setdefault(course_id, []).extend((resident_id, booking_id))
         if not by_course:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for course_id, residents in by_course.items():
-                pipe.zrem(course_keys(course_id)[2], *residents)
-            await pipe.execute()
+        replies = await run_many(self.redis, self._settle, [
+            (course_keys(course_id)[1:3], pairs) for course_id, pairs in by_course.items()])
+        failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
+        if failed is not None:
+            raise failed
 
     async def snapshot(self, course_id: int) -> GateSnapshot:
         """What a sync must see before it reads the ledger: the holders not pending right
