@@ -32,7 +32,8 @@ GRABS_FROM_MEMORY = Counter(
 REQUEST_SECONDS = Histogram(
     "booking_request_seconds", "Request latency by route template",
     ["method", "route", "status"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5,
+             10))
 COMMIT_BATCH_ROWS = Histogram(
     "booking_commit_batch_rows", "Rows per group-commit INSERT",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))

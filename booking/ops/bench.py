@@ -237,6 +237,27 @@ async def _move_opening(base: str, secret: str, release: Release, opens_at: floa
         await asyncio.gather(*(move(c) for c in release.course_ids))
 
 
+@dataclass(frozen=True)
+class BareRun:
+    """One run of wrk against the bare stack: its rate, and its own tail (the same machine's
+    noise, wrk's and the server's share of the crowd's p99, with no app work at all)."""
+
+    rps: float
+    p99_ms: float | None
+
+
+WRK_P99 = re.compile(r"^\s*99%\s+([0-9.]+)(us|ms|s)\s*$", re.M)
+
+
+def _wrk_p99_ms(output: str) -> float | None:
+    """The 99th percentile of wrk's --latency distribution, in ms."""
+    found = WRK_P99.search(output)
+    if found is None:
+        return None
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
+    return round(float(found.group(1)) * scale, 1)
+
+
 CEILING_SCRIPT = """-- booking bench's ceiling: a grab's request, built per request like the rush's.
 local headers = {["Authorization"] = "Bearer %s", ["X-Request-Id"] = "1.1.1",
                  ["X-Forwarded-For"] = "10.0.0.1", ["Content-Length"] = "0"}
@@ -281,19 +302,20 @@ class Ceiling:
         return answered.status_code == 201 and (self.args.workers == 1
                                                 or len(workers) >= self.args.workers)
 
-    def measure(self, when: str) -> float | None:
-        """Requests per second wrk got from the bare stack; None if any answer was not 201."""
+    def measure(self, when: str) -> BareRun | None:
+        """What wrk got from the bare stack; None if any answer was not 201."""
         done = subprocess.run(
             ["wrk", f"-t{self.args.threads}", f"-c{self.args.concurrency}", f"-d{CEILING_S}s",
-             "--timeout", "10s", "-s", str(self.script), self.url],
+             "--timeout", "10s", "--latency", "-s", str(self.script), self.url],
             capture_output=True, text=True, timeout=CEILING_S + 60)
         rate = re.search(r"Requests/sec:\s+([0-9.]+)", done.stdout)
         if rate is None or "Non-2xx" in done.stdout:
             print(f"Ceiling {when}: wrk did not measure it cleanly:\n{done.stdout}", flush=True)
             return None
-        rps = round(float(rate.group(1)), 1)
-        print(f"Ceiling {when}: the bare stack answered {rps} req/s.", flush=True)
-        return rps
+        run = BareRun(round(float(rate.group(1)), 1), _wrk_p99_ms(done.stdout))
+        print(f"Ceiling {when}: the bare stack answered {run.rps} req/s, p99 {run.p99_ms} ms.",
+              flush=True)
+        return run
 
     def stop(self) -> None:
         if self._proc is None:
@@ -466,7 +488,7 @@ class Seen:
 
 
 def _report(args: argparse.Namespace, seen: Seen, cpu: dict[str, float | None],
-            ceiling: tuple[float | None, float | None],
+            ceiling: tuple[BareRun | None, BareRun | None],
             report: CheckReport) -> dict[str, object]:
     figures = _figures(args, seen, cpu, ceiling, report)
     _print_summary(args, seen, figures, report)
@@ -474,7 +496,7 @@ def _report(args: argparse.Namespace, seen: Seen, cpu: dict[str, float | None],
 
 
 def _figures(args: argparse.Namespace, seen: Seen, cpu: dict[str, float | None],
-             ceiling: tuple[float | None, float | None],
+             ceiling: tuple[BareRun | None, BareRun | None],
              report: CheckReport) -> dict[str, object]:
     counts, rush = seen.counts, seen.rush
     wrk = next((json.loads(line.removeprefix("BENCH_WRK "))
@@ -510,12 +532,15 @@ def _figures(args: argparse.Namespace, seen: Seen, cpu: dict[str, float | None],
 
 
 def _ceiling_figures(decisions_per_s: float,
-                     ceiling: tuple[float | None, float | None]) -> dict[str, object]:
+                     ceiling: tuple[BareRun | None, BareRun | None]) -> dict[str, object]:
     before, after = ceiling
-    measured = [rps for rps in (before, after) if rps]
+    measured = [run.rps for run in (before, after) if run]
     mean = sum(measured) / len(measured) if measured else None
     return {"ceiling_rps": round(mean, 1) if mean else None,
-            "ceiling_rps_before": before, "ceiling_rps_after": after,
+            "ceiling_rps_before": before.rps if before else None,
+            "ceiling_rps_after": after.rps if after else None,
+            "ceiling_p99_ms_before": before.p99_ms if before else None,
+            "ceiling_p99_ms_after": after.p99_ms if after else None,
             "ratio": round(decisions_per_s / mean, 3) if mean else None}
 
 
@@ -589,7 +614,9 @@ def _ceiling_line(figures: dict[str, object]) -> str:
         return ""
     return (f"  ceiling (bare stack):    {figures['ceiling_rps']} req/s (before "
             f"{figures['ceiling_rps_before']}, after {figures['ceiling_rps_after']}); "
-            f"ratio {figures['ratio']}\n")
+            f"ratio {figures['ratio']}\n"
+            f"  ceiling's own p99:       {figures['ceiling_p99_ms_before']} ms before, "
+            f"{figures['ceiling_p99_ms_after']} ms after (the bare stack under the same wrk)\n")
 
 
 def _per_decision(per: object) -> str:
