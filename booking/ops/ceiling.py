@@ -1,5 +1,5 @@
 """The bare stack `booking bench` measures its ceiling on: one Litestar POST handler answering
-a msgspec struct, no I/O, served by the workers and uvicorn options of `booking serve`.
+a msgspec struct, no I/O, served by uvicorn with the options of `booking serve`.
 
 `python -m booking.ops.ceiling --port P --workers W` serves it on 127.0.0.1. The route has the
 shape of a grab (`POST /v1/courses/{id}/bookings`, no body, 201), so the same wrk requests can
@@ -9,7 +9,6 @@ rush it.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import msgspec
 from litestar import Litestar, post
@@ -36,11 +35,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    from booking.ops import workers
+    import uvicorn
 
-    # The workers and server options of `booking serve`, so that only the app differs.
-    sys.exit(workers.serve("booking.ops.ceiling:create_app", host="127.0.0.1", port=args.port,
-                           workers=args.workers, **workers.SERVER_OPTIONS))
+    # The server options of booking/ops/serve.py, so that only the app differs.
+    uvicorn.run("booking.ops.ceiling:create_app", factory=True, host="127.0.0.1",
+                port=args.port, workers=args.workers, access_log=False, log_level="warning",
+                log_config=None, loop="uvloop", http="httptools", backlog=4096)
 
 
 if __name__ == "__main__":

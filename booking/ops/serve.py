@@ -1,6 +1,5 @@
 """`booking serve`: the stores (embedded ones when none are named), the schema brought up to
-date, the demo term if asked, the seat gate rebuilt from Postgres, then the workers (uvicorn's
-servers, each on a listening socket of its own: booking/ops/workers.py)."""
+date, the demo term if asked, the seat gate rebuilt from Postgres, then uvicorn's workers."""
 
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
 def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _metrics_dir(settings)  # before anything imports prometheus_client
-    from booking.ops import workers
+    import uvicorn
 
     with running(settings) as ready:
         term = asyncio.run(prepare(ready, demo=args.demo))
@@ -37,8 +36,11 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         print(f"Serving on http://{ready.host}:{ready.port} with {ready.workers} worker(s); "
               f"OpenAPI at /schema. Ctrl-C stops.", flush=True)
-        return workers.serve("booking.app:create_app", host=ready.host, port=ready.port,
-                             workers=ready.workers, **workers.SERVER_OPTIONS)
+        uvicorn.run("booking.app:create_app", factory=True, host=ready.host, port=ready.port,
+                    workers=ready.workers, access_log=False, log_level="warning", log_config=None,
+                    loop="uvloop", http="httptools", backlog=4096,
+                    timeout_graceful_shutdown=5)  # live-seat streams never end by themselves
+    return 0
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -56,7 +56,7 @@ class Service:
 
     @property
     def pid(self) -> int | None:
-        """The serving process (with several workers, their supervisor: ops/workers.py)."""
+        """The serving process (uvicorn's supervisor when there are several workers)."""
         return self._proc.pid if self._proc is not None else None
 
     def start(self, timeout_s: float = 60) -> None:
@@ -69,7 +69,7 @@ class Service:
         deadline = time.monotonic() + timeout_s
         try:
             self._wait(self._ready, deadline, "/ready to answer 200", log_start)
-            workers = self._expected_workers()  # one worker: it serves without a supervisor
+            workers = self._expected_workers()  # one worker: uvicorn runs no supervisor
             if workers > 1:
                 self._wait(lambda: len(self.worker_pids()) >= workers, deadline,
                            f"{workers} workers", log_start)
@@ -107,7 +107,7 @@ class Service:
         return f"the end of {self.log_path}:\n" + "\n".join(lines)
 
     def worker_pids(self) -> list[int]:
-        """The worker processes: the supervisor's children, minus multiprocessing helpers.
+        """uvicorn's worker processes: the supervisor's children, minus multiprocessing helpers.
         Empty with one worker (it serves in the supervisor's place)."""
         if self._proc is None:
             return []

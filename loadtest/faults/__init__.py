@@ -13,7 +13,7 @@ waits for the reconciler and runs the invariant checker and the refund list.
     python -m loadtest.faults --scenario postgres --residents 600
 
 Scenarios: `redis` (killed, restarted empty), `postgres` (fast stop, then start), `worker` (one
-worker SIGKILLed mid-grab; the service's supervisor starts a new one), `slow` (a transaction
+worker SIGKILLed mid-grab; uvicorn's supervisor starts a new one), `slow` (a transaction
 holds an ACCESS EXCLUSIVE lock on bookings for longer than the statement timeout) and
 `small-pool` (one worker with a pool of two; Redis flushed while more residents than that join
 waitlists of sold-out courses at one moment). The figures of each are printed with a verdict;

@@ -134,7 +134,7 @@ async def slow_commits(lab: FaultLab, seconds: float) -> AsyncIterator[None]:
 
 async def worker_killed(lab: FaultLab, rush: Rush, marks: Marks) -> None:
     """The busiest worker SIGKILLed mid-rush. Its seats taken but not written stay pending until
-    the reconciler gives them back; the service's supervisor should start a replacement."""
+    the reconciler gives them back; uvicorn's supervisor should start a replacement."""
     if lab.workers < 2:
         raise ValueError("the worker scenario needs --workers 2 or more (one worker: no "
                          "supervisor, nothing left to serve)")
