@@ -74,6 +74,11 @@ def read_view(base: str) -> ServiceView:
         text = httpx.get(f"{base}/metrics", timeout=10).text
     except httpx.HTTPError:
         return ServiceView()
+    return parse_view(text)
+
+
+def parse_view(text: str) -> ServiceView:
+    """The counters of a /metrics page (Prometheus text format)."""
     grabs = {outcome: float(n) for outcome, n in GRABS_LINE.findall(text)}
     grabs.update({f"from_memory:{outcome}": float(n)
                   for outcome, n in MEMORY_LINE.findall(text)})
