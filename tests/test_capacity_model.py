@@ -165,7 +165,7 @@ def test_a_short_calibration_on_a_real_tiny_bench(tmp_path: Path, wrk: str) -> N
     latency = figures["service_latency"]  # the service's own histogram of grabs, by status
     assert latency["201"]["answers"] == figures["confirmed"] == 100
     assert latency["409"]["answers"] == figures["status_counts"]["409:sold_out"]
-    assert latency["201"]["p50_le_ms"] <= latency["201"]["p99_le_ms"]
+    assert latency["201"]["p99_le_ms"] is not None  # within the histogram's finite buckets
 
     done = _capacity("--bench", str(tmp_path / "bench.json"), "--no-projection")
     # Within 15 % or not (0 or 1), it prints the model beside the bench.

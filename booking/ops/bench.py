@@ -477,8 +477,9 @@ async def _verify(settings: Settings, release: Release, received: set[str],
 
 @dataclass
 class Seen:
-    """What the rush saw: wrk's answers, the residents it started, the service's own grab
-    outcomes, the rush itself and when the release sold out (None: it did not)."""
+    """What the rush saw: wrk's answers, the residents it started, what the service itself
+    counted (grab outcomes, latency by status), the rush and when the release sold out (None:
+    it did not)."""
 
     counts: Counter[str]
     started: int
