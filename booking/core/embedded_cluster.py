@@ -146,7 +146,8 @@ class EmbeddedCluster:
              "--cluster-require-full-coverage", "no", "--save", "",
              "--appendonly", "no", "--dir", str(node.folder),
              "--logfile", str(node.folder / "redis.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)  # as the single Redis: see booking/core/embedded.py
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _answers(node):
             if node.process.poll() is not None or time.monotonic() > deadline:
