@@ -13,6 +13,8 @@ import argparse
 import msgspec
 from litestar import Litestar, post
 
+from booking.ops.event_loop import UVICORN_LOOP
+
 
 class Answer(msgspec.Struct):
     id: str
@@ -40,7 +42,7 @@ def main() -> None:
     # The server options of booking/ops/serve.py, so that only the app differs.
     uvicorn.run("booking.ops.ceiling:create_app", factory=True, host="127.0.0.1",
                 port=args.port, workers=args.workers, access_log=False, log_level="warning",
-                log_config=None, loop="uvloop", http="httptools", backlog=4096)
+                log_config=None, loop=UVICORN_LOOP, http="httptools", backlog=4096)
 
 
 if __name__ == "__main__":
