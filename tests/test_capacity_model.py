@@ -166,6 +166,9 @@ def test_a_short_calibration_on_a_real_tiny_bench(tmp_path: Path, wrk: str) -> N
     assert latency["201"]["answers"] == figures["confirmed"] == 100
     assert latency["409"]["answers"] == figures["status_counts"]["409:sold_out"]
     assert latency["201"]["p99_le_ms"] is not None  # within the histogram's finite buckets
+    waits = figures["decision_wait_ms"]  # each decision timed by the crowd itself
+    assert waits["decisions_timed"] == figures["decisions"]
+    assert 0 < waits["p50"] <= waits["p95"] <= waits["p99"] <= waits["max"]
 
     done = _capacity("--bench", str(tmp_path / "bench.json"), "--no-projection")
     # Within 15 % or not (0 or 1), it prints the model beside the bench.

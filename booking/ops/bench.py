@@ -39,6 +39,7 @@ from booking.core.auth import mint
 from booking.core.settings import ConfigError, Settings
 from booking.core.stores import running
 from booking.ops.bench_metrics import ServiceView, answers, read_view
+from booking.ops.bench_waits import read_waits, wait_figures
 from booking.ops.check import CheckReport, check_invariants, read_received
 from booking.ops.rehearsal import Release, publish_release
 from booking.ops.service import Service, ServiceError, free_port
@@ -149,7 +150,7 @@ def _rush(settings: Settings, args: argparse.Namespace, service: Service, work: 
     counts, started = read_counts(work, args.threads)
     received = read_received(work.glob("wrk-*-ids.txt"))
     report, sellout_s = asyncio.run(_verify(settings, release, received, opens_at))
-    seen = Seen(counts, started, view, rush, sellout_s)
+    seen = Seen(counts, started, view, rush, sellout_s, read_waits(work, args.threads))
     return _report(args, seen, cpu, (ceiling_before, ceiling_after), report)
 
 
@@ -478,14 +479,15 @@ async def _verify(settings: Settings, release: Release, received: set[str],
 @dataclass
 class Seen:
     """What the rush saw: wrk's answers, the residents it started, what the service itself
-    counted (grab outcomes, latency by status), the rush and when the release sold out (None:
-    it did not)."""
+    counted (grab outcomes, latency by status), the rush, when the release sold out (None: it
+    did not) and how long each decision took by the crowd's own clock (bench_waits.py)."""
 
     counts: Counter[str]
     started: int
     service: ServiceView
     rush: Rush
     sellout_s: float | None
+    waits: Counter[int]
 
 
 def _report(args: argparse.Namespace, seen: Seen, cpu: dict[str, float | None],
@@ -512,6 +514,7 @@ def _figures(args: argparse.Namespace, seen: Seen, cpu: dict[str, float | None],
         "decisions_per_s": round(decisions_per_s, 1),
         "confirmed_per_s": round(confirmed / seen.sellout_s, 1) if seen.sellout_s else None,
         **_ceiling_figures(decisions_per_s, ceiling),
+        "decision_wait_ms": wait_figures(seen.waits),
         "p50_ms": wrk.get("p50_us", 0) / 1000, "p95_ms": wrk.get("p95_us", 0) / 1000,
         "p99_ms": wrk.get("p99_us", 0) / 1000, "max_ms": wrk.get("max_us", 0) / 1000,
         "sellout_s": round(seen.sellout_s, 3) if seen.sellout_s else None,
@@ -572,7 +575,9 @@ Rush of {args.residents} residents at {args.courses} courses x {args.seats} seat
   decisions (201/200/409): {f['decisions']} in {f['rush_s']:.2f} s = {f['decisions_per_s']}/s
   confirmed bookings:      {f['confirmed']}, {_sellout(figures)}
 {_ceiling_line(figures)}\
-  latency p50/p95/p99/max: {f['p50_ms']} / {f['p95_ms']} / {f['p99_ms']} / {f['max_ms']} ms
+  decisions waited:        {_waits_line(f['decision_wait_ms'])}
+  wrk's latency:           p50/p95/p99/max {f['p50_ms']} / {f['p95_ms']} / {f['p99_ms']} / \
+{f['max_ms']} ms (every request, with the samples wrk adds for slow answers)
   answers:                 {f['status_counts']}
   (flood answers are the abuser's; decisions and rates count honest residents only)
   service's grab outcomes: {f['service_grab_outcomes']} (its /metrics)
@@ -592,6 +597,15 @@ def _cut_short_line(args: argparse.Namespace, seen: Seen, figures: dict[str, obj
             f"are what wrk saw until then (each wrk thread's last up to 200 answers may be "
             f"missing); the service counted {answers(seen.service.outcomes())} grab answers. "
             f"The release {'sold out' if figures['sellout_s'] else 'did not sell out'}.\n")
+
+
+def _waits_line(waits: object) -> str:
+    assert isinstance(waits, dict)
+    if not waits["decisions_timed"]:
+        return "not timed"
+    return (f"p50/p95/p99/max {waits['p50']} / {waits['p95']} / {waits['p99']} / "
+            f"{waits['max']} ms ({waits['decisions_timed']} decisions, each timed by the crowd "
+            "from its request to its answer)")
 
 
 def _latency_line(latency: dict[str, dict[str, float | None]]) -> str:

@@ -4,14 +4,34 @@
 -- of the time, and on `sold_out` moves on to its next choice (up to BENCH_CHOICES courses).
 -- The X-Request-Id header "<resident>.<attempt>.<course>" comes back on the answer, which is how an
 -- answer is matched to the resident who asked. Each thread writes what it saw (counts by
--- answer, booking ids received) to files as it goes (every 200 answers, so a rush cut
--- short by wrk's -d still leaves its figures) and a "done" marker once all its residents are done.
+-- answer, booking ids received, how long each decision took) to files as it goes (every 200
+-- answers, so a rush cut short by wrk's -d still leaves its figures) and a "done" marker once
+-- all its residents are done.
+--
+-- How long a decision took is timed here, from the moment a resident's request is made to its
+-- answer. wrk's own latency figures are not that: wrk 4 adds, after the run, made-up samples for
+-- every answer slower than twice the mean interval (its correction for coordinated omission),
+-- so a few slow answers weigh as many.
 --
 -- Environment: BENCH_TOKENS (file, one token per line), BENCH_COURSES (comma-separated ids,
 -- hottest first), BENCH_HOT (how many are hot), BENCH_HOT_SHARE (0..1), BENCH_CHOICES,
 -- BENCH_THREADS, BENCH_OUT (file prefix for this run's outputs), BENCH_FLOOD (0..1: the share
 -- of requests an abuser sends, all with one token from one address, answered 429).
 -- Each resident sends X-Forwarded-For with an address of its own, as from its own phone.
+
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clock, bench_timespec *now);
+]]
+local CLOCK_MONOTONIC = 1
+local clock = ffi.new("bench_timespec")
+
+-- Milliseconds on a clock that only goes forward.
+local function now_ms()
+  ffi.C.clock_gettime(CLOCK_MONOTONIC, clock)
+  return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
+end
 
 local thread_index = 0
 
@@ -32,6 +52,9 @@ local ids_file
 local retry = {}
 local outstanding = 0
 local counts = {}
+-- When each resident's request on its way was made, and how many decisions took each tenth of
+-- a millisecond (key: whole tenths).
+local asked_at, waits = {}, {}
 local finished = false
 local verifying = false
 
@@ -103,6 +126,7 @@ end
 
 local function grab(resident, attempt)
   outstanding = outstanding + 1
+  asked_at[resident] = now_ms()
   local course = choice(resident, attempt)
   return wrk.format("POST", "/v1/courses/" .. course .. "/bookings", {
     ["Authorization"] = "Bearer " .. tokens[resident],
@@ -152,6 +176,11 @@ local function checkpoint()
   file:write("#started ", next_resident - first_resident, "\n")
   file:close()
   os.rename(path .. ".tmp", path)
+  path = out .. "-waits.txt"
+  file = io.open(path .. ".tmp", "w")
+  for tenths, n in pairs(waits) do file:write(tenths, " ", n, "\n") end
+  file:close()
+  os.rename(path .. ".tmp", path)
   ids_file:flush()
 end
 
@@ -166,6 +195,11 @@ function response(status, headers, body)
     local resident, attempt, course = string.match(rid or "", "^(%d+)%.(%d+)%.(%d+)$")
     resident, attempt = tonumber(resident), tonumber(attempt)
     local key = tostring(status)
+    local asked = resident and asked_at[resident]
+    if asked and (status == 200 or status == 201 or status == 409) then
+      local tenths = math.floor((now_ms() - asked) * 10)
+      waits[tenths] = (waits[tenths] or 0) + 1
+    end
     if status == 200 or status == 201 then
       local id = string.match(body, '"id":"([%x%-]+)"')
       if id then ids_file:write(id, "\n") end
