@@ -20,6 +20,7 @@ import pytest
 from conftest import debian_tool
 
 from booking.ops.service import free_port
+from loadtest.capacity.calibrate import Bench
 from loadtest.capacity.model import (
     RATE_LIMIT_CALLS,
     BenchCrowd,
@@ -143,6 +144,16 @@ def test_the_command_refuses_a_bench_line_without_the_figures_it_needs(
 
     done = _capacity("--bench", str(tmp_path / "absent.json"))
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
+
+
+def test_the_model_is_held_against_the_decisions_as_the_crowd_timed_them() -> None:
+    """A bench line with the crowd's own timing is compared on it; an older one on wrk's."""
+    wrk_only = {"p50_ms": 30.0, "p95_ms": 80.0, "p99_ms": 900.0}
+    timed = {**wrk_only, "decision_wait_ms": {"decisions_timed": 10, "p50": 20.0, "p95": 50.0,
+                                              "p99": 90.0, "max": 120.0}}
+    assert Bench(timed).latency_ms == {"p50": 20.0, "p95": 50.0, "p99": 90.0}
+    assert Bench(wrk_only).latency_ms == {"p50": 30.0, "p95": 80.0, "p99": 900.0}
+    assert "crowd" in Bench(timed).latency_source and "wrk" in Bench(wrk_only).latency_source
 
 
 @pytest.fixture(scope="module")

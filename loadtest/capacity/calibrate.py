@@ -74,6 +74,22 @@ class Bench:
         return self.from_memory / self.sold_out if self.sold_out else 0.0
 
     @property
+    def latency_ms(self) -> dict[str, float | None]:
+        """p50, p95 and p99 to hold the model against: each decision as the bench's crowd timed
+        it (`decision_wait_ms`), as the model times its own; in an older bench line that lacks
+        them, wrk's, which include the samples wrk adds for slow answers."""
+        waits = self.figures.get("decision_wait_ms") or {}
+        if waits.get("p99") is not None:
+            return {"p50": waits["p50"], "p95": waits["p95"], "p99": waits["p99"]}
+        return {"p50": self["p50_ms"], "p95": self.figures.get("p95_ms"), "p99": self["p99_ms"]}
+
+    @property
+    def latency_source(self) -> str:
+        waits = self.figures.get("decision_wait_ms") or {}
+        return ("each decision as the bench's crowd timed it" if waits.get("p99") is not None
+                else "wrk's, with the samples it adds for slow answers (an older bench line)")
+
+    @property
     def gate_no(self) -> int:
         return self.sold_out - self.from_memory
 
@@ -241,17 +257,19 @@ def comparison(bench: Bench, outcome: Outcome) -> tuple[str, bool]:
         verdict = ("yes" if within(modelled, measured) else "NO") if gated else "(shown only)"
         return f"| {name} | {_num(measured)} | {_num(modelled)} | {off:+.1%} {verdict} |"
 
+    latency = bench.latency_ms
     ok = (within(outcome.decisions_per_s, float(bench["decisions_per_s"]))
-          and within(outcome.p99_ms, float(bench["p99_ms"])))
+          and within(outcome.p99_ms, float(latency["p99"] or 0)))
     lines = ["| figure | bench | model | model vs bench, within 15 % |",
              "| --- | --- | --- | --- |",
              row("decisions/s", float(bench["decisions_per_s"]), outcome.decisions_per_s, True),
-             row("p99 ms", float(bench["p99_ms"]), outcome.p99_ms, True),
-             row("p50 ms", float(bench["p50_ms"]), outcome.p50_ms, False),
-             row("p95 ms", bench.figures.get("p95_ms"), outcome.p95_ms, False),
+             row("p99 ms", latency["p99"], outcome.p99_ms, True),
+             row("p50 ms", latency["p50"], outcome.p50_ms, False),
+             row("p95 ms", latency["p95"], outcome.p95_ms, False),
              row("sold out after s", bench.figures.get("sellout_s"), outcome.sellout_s, False),
              row("rush s", float(bench["rush_s"]), outcome.rush_s, False),
-             row("decisions", float(bench["decisions"]), outcome.decisions, False)]
+             row("decisions", float(bench["decisions"]), outcome.decisions, False),
+             "", f"The bench's latency: {bench.latency_source}."]
     return "\n".join(lines), ok
 
 
