@@ -99,3 +99,30 @@ def test_a_unix_socket_is_served_by_uvloop_itself(tmp_path: Path) -> None:
         loop.close()
         listener.close()
     assert not isinstance(server, Admission)
+
+
+def test_a_host_and_port_get_a_socket_of_their_own_closed_with_the_server() -> None:
+    """uvicorn with one worker names a host and port; the socket made for them is the
+    server's, and answers until the server is closed."""
+    loop = new_event_loop()
+
+    async def serve_once() -> tuple[object, bytes, socket.socket]:
+        turns, made = Turns(asyncio.get_running_loop()), []
+        server = await asyncio.get_running_loop().create_server(
+            lambda: Echo(turns, made), host="127.0.0.1", port=0, backlog=16)
+        listener = server.sockets[0]
+        reader, writer = await asyncio.open_connection(*listener.getsockname())
+        writer.write(b"one")
+        answer = await asyncio.wait_for(reader.read(100), 10)
+        writer.close()
+        turns.stop()
+        server.close()
+        return server, answer, listener
+
+    try:
+        server, answer, listener = loop.run_until_complete(serve_once())
+    finally:
+        loop.close()
+    assert isinstance(server, Admission)
+    assert answer == b"seen one"
+    assert listener.fileno() == -1  # closed with the server

@@ -37,10 +37,11 @@ class Admission:
     part of asyncio's Server that uvicorn uses (close, wait_closed, sockets)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                 protocol_factory: Callable[[], asyncio.BaseProtocol], backlog: int) -> None:
+                 protocol_factory: Callable[[], asyncio.BaseProtocol], backlog: int, *,
+                 owns_socket: bool = False) -> None:
         self._loop, self._sock = loop, sock
         self._protocol_factory, self._backlog = protocol_factory, backlog
-        self._serving = True
+        self._serving, self._owns_socket = True, owns_socket
         sock.setblocking(False)
         sock.listen(backlog)
         self.sockets = [sock]
@@ -82,6 +83,8 @@ class Admission:
         if self._serving:
             self._serving = False
             self._loop.remove_reader(self._sock.fileno())
+            if self._owns_socket:  # made here from a host and port; a given socket is the giver's
+                self._sock.close()
 
     async def wait_closed(self) -> None:
         return None
@@ -97,7 +100,9 @@ class AdmittingLoop(uvloop.Loop):
                             ssl: Any = None, **kwargs: Any) -> Any:
         plain = ssl is None and not kwargs.get("reuse_port")
         if plain and sock is None and isinstance(host, str) and isinstance(port, int):
-            sock = socket.create_server((host, port), backlog=backlog)  # uvicorn --workers 1
+            # uvicorn with one worker names a host and port instead of handing a socket over
+            made = socket.create_server((host, port), backlog=backlog)
+            return Admission(self, made, protocol_factory, backlog, owns_socket=True)
         if not plain or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
             return await super().create_server(protocol_factory, host, port, sock=sock,
                                                backlog=backlog, ssl=ssl, **kwargs)
