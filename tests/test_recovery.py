@@ -70,6 +70,22 @@ async def test_redis_flushed_then_counters_and_holders_come_back(http, db, redis
     assert await active_rows(db, course["id"]) == 3
 
 
+async def test_a_flushed_gate_comes_back_for_every_course(http, db, redis, stores, tmp_path):
+    """`booking reconcile` rebuilds several courses at once; each comes back with its own
+    seats left, whatever order they were taken in."""
+    courses = [await make_course(http, capacity=5) for _ in range(12)]
+    for n, course in enumerate(courses):
+        for _ in range(n % 5):
+            assert (await grab(http, course["id"], unique("held"))).status_code == 201
+
+    await redis.flushdb()
+    await redis.script_flush()
+    result = run_cli(service_env(stores, tmp_path), "reconcile")
+
+    assert result.returncode == 0, result.stderr
+    assert [await gate_left(redis, c["id"]) for c in courses] == [5 - n % 5 for n in range(12)]
+
+
 async def test_first_grab_after_redis_lost_a_course_reloads_it(http, db, redis):
     course = await make_course(http, capacity=5)
     taken = [await grab(http, course["id"], unique("early")) for _ in range(3)]

@@ -4,12 +4,13 @@ date, the demo term if asked, the seat gate rebuilt from Postgres, then uvicorn'
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import shutil
 import signal
 import sys
 from typing import TYPE_CHECKING
+
+import uvloop
 
 from booking.core.settings import Settings
 from booking.core.stores import connected, running
@@ -25,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     with running(settings) as ready:
-        term = asyncio.run(prepare(ready, demo=args.demo))
+        term = uvloop.run(prepare(ready, demo=args.demo))
         if term is not None and term.loaded and args.crowd > 0:
             from booking.ops.demo import start_crowd
 
@@ -68,9 +69,9 @@ async def prepare(settings: Settings, *, demo: bool) -> DemoTerm | None:
     """Schema (created on an empty database, migrations applied to an older one), the demo
     term if asked, and a gate rebuilt from Postgres."""
     from booking.ops.demo import load_demo, print_demo
-    from booking.ops.tools import rebuild_gate, upgrade_schema
+    from booking.ops.tools import REBUILD_CONCURRENCY, rebuild_gate, upgrade_schema
 
-    async with connected(settings) as stores:
+    async with connected(settings, pool_size=REBUILD_CONCURRENCY) as stores:
         async with stores.pool.acquire() as conn:
             await upgrade_schema(conn)
             term = await load_demo(conn) if demo else None

@@ -11,6 +11,8 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING
 
+import uvloop
+
 from booking.core.settings import Settings
 from booking.core.stores import Stores, connected, running
 
@@ -47,13 +49,19 @@ async def upgrade_schema(conn: asyncpg.Connection) -> list[str]:
     return applied
 
 
+# Courses rebuilt at once before serving (and connections to do it with): a course costs some
+# seven round trips, and a city's courses of many terms are tens of thousands.
+REBUILD_CONCURRENCY = 8
+
+
 async def rebuild_gate(stores: Stores, settings: Settings) -> ReconcileReport:
-    """Every course's Redis seat counters rebuilt from Postgres."""
+    """Every course's Redis seat counters rebuilt from Postgres, REBUILD_CONCURRENCY at a time
+    (the stores' pool should have as many connections)."""
     from booking.seats import SeatGate
     from booking.seats.reconcile import reconcile_all
 
     report = await reconcile_all(stores.pool, SeatGate(stores.redis),
-                                 settings.pending_timeout_s)
+                                 settings.pending_timeout_s, concurrency=REBUILD_CONCURRENCY)
     report.quotas = await rebuild_quotas(stores, settings)
     return report
 
@@ -75,11 +83,11 @@ async def rebuild_quotas(stores: Stores, settings: Settings) -> int:
 
 def reconcile(_: argparse.Namespace) -> int:
     async def run(settings: Settings) -> ReconcileReport:
-        async with connected(settings) as stores:
+        async with connected(settings, pool_size=REBUILD_CONCURRENCY) as stores:
             return await rebuild_gate(stores, settings)
 
     with running(Settings.from_env()) as ready:
-        report = asyncio.run(run(ready))
+        report = uvloop.run(run(ready))
     print(f"Reconciled {report.courses} courses: {report.restored} bookings restored, "
           f"{report.given_back} seats given back; term-cap quotas of {report.quotas} "
           "residents rebuilt.")

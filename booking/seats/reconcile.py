@@ -95,16 +95,24 @@ class ReconcileReport:
 
 
 async def reconcile_all(pool: asyncpg.Pool, gate: SeatGate, pending_timeout_s: float,
-                        course_ids: list[int] | None = None) -> ReconcileReport:
+                        course_ids: list[int] | None = None, *,
+                        concurrency: int = 1) -> ReconcileReport:
+    """Reconcile every course (or those named), `concurrency` courses at a time: courses are
+    independent, and each holds one connection only while it reads the ledger."""
     if course_ids is None:
         course_ids = [row[0] for row in await pool.fetch(ALL_COURSE_IDS)]
     report = ReconcileReport()
-    for course_id in course_ids:
-        result = await reconcile_course(pool, gate, course_id, pending_timeout_s)
-        if result is not None:
-            report.courses += 1
-            report.given_back += result.given_back
-            report.restored += result.restored
+    waiting = iter(course_ids)
+
+    async def take_turns() -> None:
+        for course_id in waiting:  # shared: each course is taken by one of them
+            result = await reconcile_course(pool, gate, course_id, pending_timeout_s)
+            if result is not None:
+                report.courses += 1
+                report.given_back += result.given_back
+                report.restored += result.restored
+
+    await asyncio.gather(*(take_turns() for _ in range(max(1, concurrency))))
     return report
 
 
