@@ -42,6 +42,7 @@ class Admission:
         self._loop, self._sock = loop, sock
         self._protocol_factory, self._backlog = protocol_factory, backlog
         self._serving, self._owns_socket = True, owns_socket
+        self._handing_over: set[asyncio.Task[None]] = set()  # held until each is done
         sock.setblocking(False)
         sock.listen(backlog)
         self.sockets = [sock]
@@ -62,7 +63,9 @@ class Admission:
                 self._loop.remove_reader(self._sock.fileno())
                 self._loop.call_later(RETRY_AFTER_S, self._watch_again)
                 return
-            self._loop.create_task(self._serve(conn))
+            task = self._loop.create_task(self._serve(conn))
+            self._handing_over.add(task)
+            task.add_done_callback(self._handing_over.discard)
 
     def _watch_again(self) -> None:
         if self._serving:
