@@ -74,19 +74,23 @@ class Bench:
         return self.from_memory / self.sold_out if self.sold_out else 0.0
 
     @property
+    def _timed(self) -> dict[str, Any] | None:
+        """The bench's own timing of each decision (`decision_wait_ms`); None in an older line."""
+        waits = self.figures.get("decision_wait_ms") or {}
+        return waits if waits.get("p99") is not None else None
+
+    @property
     def latency_ms(self) -> dict[str, float | None]:
         """p50, p95 and p99 to hold the model against: each decision as the bench's crowd timed
-        it (`decision_wait_ms`), as the model times its own; in an older bench line that lacks
-        them, wrk's, which include the samples wrk adds for slow answers."""
-        waits = self.figures.get("decision_wait_ms") or {}
-        if waits.get("p99") is not None:
+        it, as the model times its own; in an older bench line, wrk's, which include the
+        samples wrk adds for slow answers."""
+        if (waits := self._timed) is not None:
             return {"p50": waits["p50"], "p95": waits["p95"], "p99": waits["p99"]}
         return {"p50": self["p50_ms"], "p95": self.figures.get("p95_ms"), "p99": self["p99_ms"]}
 
     @property
     def latency_source(self) -> str:
-        waits = self.figures.get("decision_wait_ms") or {}
-        return ("each decision as the bench's crowd timed it" if waits.get("p99") is not None
+        return ("each decision as the bench's crowd timed it" if self._timed is not None
                 else "wrk's, with the samples it adds for slow answers (an older bench line)")
 
     @property
