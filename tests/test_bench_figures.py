@@ -9,7 +9,7 @@ import pytest
 
 from booking.ops.bench import _wrk_p99_ms
 from booking.ops.bench_metrics import answers, parse_view
-from booking.ops.bench_waits import read_waits, wait_figures
+from booking.ops.bench_waits import every_answer, read_waits, wait_figures
 
 WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:18001
   2 threads and 256 connections
@@ -73,15 +73,17 @@ def test_a_quantile_beyond_the_last_bucket_has_no_bound() -> None:
 
 
 def test_decision_waits_from_every_thread_in_tenths_of_a_millisecond(tmp_path) -> None:
-    """Thread 0 timed 98 decisions at 10.0-10.1 ms and one at 250.3 ms; thread 1 one at
-    12.5 ms; a thread that wrote nothing counts nothing."""
-    (tmp_path / "wrk-0-waits.txt").write_text("100 98\n2503 1\n")
-    (tmp_path / "wrk-1-waits.txt").write_text("125 1\n")
+    """Thread 0 timed 98 sold-out answers at 10.0-10.1 ms and one 201 at 250.3 ms; thread 1 a
+    201 at 12.5 ms; a thread that wrote nothing counts nothing."""
+    (tmp_path / "wrk-0-waits.txt").write_text("409 100 98\n201 2503 1\n")
+    (tmp_path / "wrk-1-waits.txt").write_text("201 125 1\n")
     waits = read_waits(tmp_path, threads=3)
-    assert waits == {100: 98, 2503: 1, 125: 1}
-    figures = wait_figures(waits)
+    assert waits == {"201": {2503: 1, 125: 1}, "409": {100: 98}}
+    figures = wait_figures(every_answer(waits))
     assert figures == {"decisions_timed": 100, "p50": 10.1, "p95": 10.1, "p99": 12.6,
                        "max": 250.4}
+    assert wait_figures(waits["201"])["p50"] == 12.6  # the tail is the 201s'
+    assert wait_figures(waits["409"])["max"] == 10.1
 
 
 def test_no_decisions_timed_means_no_quantiles() -> None:

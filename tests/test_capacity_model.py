@@ -180,6 +180,10 @@ def test_a_short_calibration_on_a_real_tiny_bench(tmp_path: Path, wrk: str) -> N
     waits = figures["decision_wait_ms"]  # each decision timed by the crowd itself
     assert waits["decisions_timed"] == figures["decisions"]
     assert 0 < waits["p50"] <= waits["p95"] <= waits["p99"] <= waits["max"]
+    by_status = figures["decision_wait_ms_by_status"]  # the same decisions, by answer
+    assert by_status["201"]["decisions_timed"] == 100
+    assert by_status["409"]["decisions_timed"] == sum(
+        n for key, n in figures["status_counts"].items() if key.startswith("409:"))
 
     done = _capacity("--bench", str(tmp_path / "bench.json"), "--no-projection")
     # Within 15 % or not (0 or 1), it prints the model beside the bench.

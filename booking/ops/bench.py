@@ -39,7 +39,7 @@ from booking.core.auth import mint
 from booking.core.settings import ConfigError, Settings
 from booking.core.stores import running
 from booking.ops.bench_metrics import ServiceView, answers, read_view
-from booking.ops.bench_waits import read_waits, wait_figures
+from booking.ops.bench_waits import Waits, every_answer, read_waits, wait_figures
 from booking.ops.check import CheckReport, check_invariants, read_received
 from booking.ops.rehearsal import Release, publish_release
 from booking.ops.service import Service, ServiceError, free_port
@@ -487,7 +487,7 @@ class Seen:
     service: ServiceView
     rush: Rush
     sellout_s: float | None
-    waits: Counter[int]
+    waits: Waits
 
 
 def _report(args: argparse.Namespace, seen: Seen, cpu: dict[str, float | None],
@@ -514,7 +514,9 @@ def _figures(args: argparse.Namespace, seen: Seen, cpu: dict[str, float | None],
         "decisions_per_s": round(decisions_per_s, 1),
         "confirmed_per_s": round(confirmed / seen.sellout_s, 1) if seen.sellout_s else None,
         **_ceiling_figures(decisions_per_s, ceiling),
-        "decision_wait_ms": wait_figures(seen.waits),
+        "decision_wait_ms": wait_figures(every_answer(seen.waits)),
+        "decision_wait_ms_by_status": {status: wait_figures(by_tenths)
+                                       for status, by_tenths in seen.waits.items()},
         "p50_ms": wrk.get("p50_us", 0) / 1000, "p95_ms": wrk.get("p95_us", 0) / 1000,
         "p99_ms": wrk.get("p99_us", 0) / 1000, "max_ms": wrk.get("max_us", 0) / 1000,
         "sellout_s": round(seen.sellout_s, 3) if seen.sellout_s else None,
@@ -576,6 +578,7 @@ Rush of {args.residents} residents at {args.courses} courses x {args.seats} seat
   confirmed bookings:      {f['confirmed']}, {_sellout(figures)}
 {_ceiling_line(figures)}\
   decisions waited:        {_waits_line(f['decision_wait_ms'])}
+  waited, by answer:       {_by_status_line(f['decision_wait_ms_by_status'])}
   wrk's latency:           p50/p95/p99/max {f['p50_ms']} / {f['p95_ms']} / {f['p99_ms']} / \
 {f['max_ms']} ms (every request, with the samples wrk adds for slow answers)
   answers:                 {f['status_counts']}
@@ -606,6 +609,14 @@ def _waits_line(waits: object) -> str:
     return (f"p50/p95/p99/max {waits['p50']} / {waits['p95']} / {waits['p99']} / "
             f"{waits['max']} ms ({waits['decisions_timed']} decisions, each timed by the crowd "
             "from its request to its answer)")
+
+
+def _by_status_line(by_status: object) -> str:
+    assert isinstance(by_status, dict)
+    if not by_status:
+        return "not timed"
+    return "; ".join(f"{status}: p50 {w['p50']}, p99 {w['p99']} ms ({w['decisions_timed']})"
+                     for status, w in by_status.items())
 
 
 def _latency_line(latency: dict[str, dict[str, float | None]]) -> str:

@@ -53,7 +53,7 @@ local retry = {}
 local outstanding = 0
 local counts = {}
 -- When each resident's request on its way was made, and how many decisions took each tenth of
--- a millisecond (key: whole tenths).
+-- a millisecond, by answer (waits[status][whole tenths]).
 local asked_at, waits = {}, {}
 local finished = false
 local verifying = false
@@ -178,7 +178,9 @@ local function checkpoint()
   os.rename(path .. ".tmp", path)
   path = out .. "-waits.txt"
   file = io.open(path .. ".tmp", "w")
-  for tenths, n in pairs(waits) do file:write(tenths, " ", n, "\n") end
+  for status, by_tenths in pairs(waits) do
+    for tenths, n in pairs(by_tenths) do file:write(status, " ", tenths, " ", n, "\n") end
+  end
   file:close()
   os.rename(path .. ".tmp", path)
   ids_file:flush()
@@ -198,7 +200,9 @@ function response(status, headers, body)
     local asked = resident and asked_at[resident]
     if asked and (status == 200 or status == 201 or status == 409) then
       local tenths = math.floor((now_ms() - asked) * 10)
-      waits[tenths] = (waits[tenths] or 0) + 1
+      local by_tenths = waits[status]
+      if not by_tenths then by_tenths = {}; waits[status] = by_tenths end
+      by_tenths[tenths] = (by_tenths[tenths] or 0) + 1
     end
     if status == 200 or status == 201 then
       local id = string.match(body, '"id":"([%x%-]+)"')

@@ -1,8 +1,10 @@
 """How long the bench's residents waited for their decisions, as the crowd timed each one.
 
-Each wrk thread of `bench_rush.lua` counts its decisions (201, 200, 409) by the tenth of a
-millisecond from the request's making to its answer, and writes the counts to
-`wrk-<thread>-waits.txt` at every checkpoint. These are measured waits, one per decision; wrk's
+Each wrk thread of `bench_rush.lua` counts its decisions (201, 200, 409) by answer and by the
+tenth of a millisecond from the request's making to its answer, and writes the counts to
+`wrk-<thread>-waits.txt` ("status tenths count" per line) at every checkpoint. One answer in
+fifty is a 201, so the crowd's p99 over all of them is set by how long a 201 took: the figures
+by answer show which kind the tail is made of. These are measured waits, one per decision; wrk's
 own latency figures add made-up samples for slow answers (its correction for coordinated
 omission), which is why both are reported.
 """
@@ -15,16 +17,28 @@ from pathlib import Path
 QUANTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
 
 
-def read_waits(work: Path, threads: int) -> Counter[int]:
-    """Decisions by whole tenths of a millisecond waited, over every thread's last checkpoint."""
-    waits: Counter[int] = Counter()
+Waits = dict[str, Counter[int]]  # answer's status -> decisions by whole tenths of a ms waited
+
+
+def read_waits(work: Path, threads: int) -> Waits:
+    """Decisions by answer and by whole tenths of a millisecond waited, over every thread's
+    last checkpoint."""
+    waits: Waits = {}
     for t in range(threads):
         path = work / f"wrk-{t}-waits.txt"
         if path.exists():
             for line in path.read_text().splitlines():
-                tenths, n = line.split()
-                waits[int(tenths)] += int(n)
-    return waits
+                status, tenths, n = line.split()
+                waits.setdefault(status, Counter())[int(tenths)] += int(n)
+    return dict(sorted(waits.items()))
+
+
+def every_answer(waits: Waits) -> Counter[int]:
+    """The decisions of every answer together."""
+    merged: Counter[int] = Counter()
+    for by_tenths in waits.values():
+        merged.update(by_tenths)
+    return merged
 
 
 def wait_figures(waits: Counter[int]) -> dict[str, float | int | None]:
