@@ -14,6 +14,7 @@ import msgspec
 from litestar import Litestar, post
 
 from booking.ops.event_loop import UVICORN_LOOP
+from booking.ops.http_protocol import UVICORN_HTTP
 
 
 class Answer(msgspec.Struct):
@@ -42,7 +43,7 @@ def main() -> None:
     # The server options of booking/ops/serve.py, so that only the app differs.
     uvicorn.run("booking.ops.ceiling:create_app", factory=True, host="127.0.0.1",
                 port=args.port, workers=args.workers, access_log=False, log_level="warning",
-                log_config=None, loop=UVICORN_LOOP, http="httptools", backlog=4096)
+                log_config=None, loop=UVICORN_LOOP, http=UVICORN_HTTP, backlog=4096)
 
 
 if __name__ == "__main__":

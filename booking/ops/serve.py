@@ -15,6 +15,7 @@ import uvloop
 from booking.core.settings import Settings
 from booking.core.stores import connected, running
 from booking.ops.event_loop import UVICORN_LOOP
+from booking.ops.http_protocol import UVICORN_HTTP
 
 if TYPE_CHECKING:
     from booking.ops.demo import DemoTerm
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
               f"OpenAPI at /schema. Ctrl-C stops.", flush=True)
         uvicorn.run("booking.app:create_app", factory=True, host=ready.host, port=ready.port,
                     workers=ready.workers, access_log=False, log_level="warning", log_config=None,
-                    loop=UVICORN_LOOP, http="httptools", backlog=4096,
+                    loop=UVICORN_LOOP, http=UVICORN_HTTP, backlog=4096,
                     timeout_graceful_shutdown=5)  # live-seat streams never end by themselves
     return 0
 
