@@ -21,7 +21,8 @@ from typing import Any
 
 import uvicorn
 
-from booking.ops.http_protocol import UVICORN_HTTP
+from booking.ops.event_loop import new_event_loop
+from booking.ops.http_protocol import UVICORN_HTTP, HeadHolding
 from booking.ops.service import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,3 +153,31 @@ async def test_pipelined_requests_each_get_their_whole_answer_in_order() -> None
         assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" in head
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing after the head
         writer.close()
+
+
+def test_a_head_held_when_the_connection_closes_is_dropped_quietly() -> None:
+    """A head held on a connection that is closed by the next pass of the loop is dropped. On
+    the service's loop (uvloop) a write to a closed connection raises, which the loop would
+    report as an error in a callback."""
+    loop = new_event_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+
+    async def scenario() -> HeadHolding:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        _, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        holding = HeadHolding(writer.transport, loop)  # type: ignore[arg-type]
+        writer.close()
+        await writer.wait_closed()  # the connection is gone for good
+        holding.write(b"HTTP/1.1 200 OK\r\n\r\n")  # held until the next pass
+        await asyncio.sleep(0)  # the pass that flushes
+        await asyncio.sleep(0)
+        server.close()
+        return holding
+
+    try:
+        holding = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert holding.get_write_buffer_size() == 0
+    assert errors == []

@@ -51,11 +51,13 @@ class HeadHolding:
         self._transport.writelines(chunks)
 
     def flush(self) -> None:
-        """Send a held head now."""
+        """Send a held head now; drop it if the connection has been closed meanwhile (the
+        client is gone, and a closed transport refuses writes with an error)."""
         held = self._held
         if held is not None:
             self._held = None
-            self._transport.write(held)
+            if not self._transport.is_closing():
+                self._transport.write(held)
 
     def response_done(self) -> None:
         """The response is complete: the next write is the head of the next one."""
