@@ -37,15 +37,22 @@ def _writes_of(pid: int) -> int:
     raise AssertionError("no syscw in /proc/<pid>/io")
 
 
+def _received(conn: socket.socket) -> bytes:
+    data = conn.recv(65536)
+    if not data:
+        raise AssertionError("the server closed the connection mid-answer")
+    return data
+
+
 def _read_answer(conn: socket.socket, pending: bytearray) -> bytes:
     """One whole answer (head and Content-Length body) off the connection."""
     while b"\r\n\r\n" not in pending:
-        pending += conn.recv(65536) or b""
+        pending += _received(conn)
     head, _, rest = bytes(pending).partition(b"\r\n\r\n")
     length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
                   if line.lower().startswith(b"content-length:"))
     while len(rest) < length:
-        rest += conn.recv(65536) or b""
+        rest += _received(conn)
     pending[:] = rest[length:]
     return head + b"\r\n\r\n" + rest[:length]
 

@@ -3,8 +3,8 @@
 Each wrk thread of `bench_rush.lua` counts its decisions (201, 200, 409) by answer and by the
 tenth of a millisecond from the request's making to its answer, and writes the counts to
 `wrk-<thread>-waits.txt` ("status tenths count" per line) at every checkpoint. One answer in
-fifty is a 201, so the crowd's p99 over all of them is set by how long a 201 took: the figures
-by answer show which kind the tail is made of. These are measured waits, one per decision; wrk's
+fifty is a 201, and the slowest percent of all answers is mostly 201s: the figures by answer
+show which kind the tail is made of. These are measured waits, one per decision; wrk's
 own latency figures add made-up samples for slow answers (its correction for coordinated
 omission), which is why both are reported.
 """
